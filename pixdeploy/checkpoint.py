@@ -1,0 +1,164 @@
+"""Checkpoints: a directory of safetensors + JSON, written atomically, read without pickle.
+
+    <out>/checkpoint/
+        meta.json              format, version, step, model config, file checksums
+        model.safetensors      weights (fp32)
+        tokenizer.json
+        train_state.safetensors / train_state.json   optimizer tensors / scalars, RNG (resume only)
+
+A save writes a temporary directory, fsyncs it, then swaps it in with renames; a crash at any point
+leaves either the old or the new checkpoint whole (`find_checkpoint` also recovers the moment between
+the two renames).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pixdeploy.config import ModelConfig
+from pixdeploy.errors import CheckpointError, PixdeployError
+from pixdeploy.tokenizer import Tokenizer
+
+FORMAT = "pixdeploy-checkpoint"
+VERSION = 1
+CKPT_DIR, OLD_DIR = "checkpoint", ".checkpoint.old"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(out: Path, model_state: dict, cfg: ModelConfig, tok: Tokenizer, step: int,
+                    train_tensors: dict | None = None, train_json: dict | None = None) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".checkpoint.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in model_state.items()}, tmp / "model.safetensors")
+    tok.save(tmp / "tokenizer.json")
+    if train_tensors is not None:
+        save_file({k: v.contiguous().cpu() for k, v in train_tensors.items()}, tmp / "train_state.safetensors")
+        (tmp / "train_state.json").write_text(json.dumps(train_json), encoding="utf-8")
+    files = sorted(p.name for p in tmp.iterdir())
+    meta = {"format": FORMAT, "version": VERSION, "step": step, "config": cfg.to_dict(),
+            "files": {name: sha256(tmp / name) for name in files}}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    for p in tmp.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    final, old = out / CKPT_DIR, out / OLD_DIR
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(path: Path) -> Path | None:
+    """A checkpoint directory itself, or a training output holding one (or its pre-swap backup)."""
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return path
+    for name in (CKPT_DIR, OLD_DIR):
+        if (path / name / "meta.json").is_file():
+            return path / name
+    return None
+
+
+class Checkpoint:
+    """A verified checkpoint on disk: config, tokenizer, step; tensors loaded on demand."""
+
+    def __init__(self, path: str | os.PathLike):
+        found = find_checkpoint(Path(path))
+        if found is None:
+            raise CheckpointError(f"no pixdeploy checkpoint at {path} (expected meta.json)")
+        self.path = found
+        try:
+            meta = json.loads((found / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"damaged checkpoint {found}: meta.json unreadable ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(f"{found} is not a pixdeploy checkpoint")
+        if meta.get("version") != VERSION:
+            raise CheckpointError(f"checkpoint {found} has format version {meta.get('version')}; "
+                                  f"this pixdeploy reads version {VERSION}")
+        for name, digest in meta.get("files", {}).items():
+            f = found / name
+            if not f.is_file():
+                raise CheckpointError(f"damaged checkpoint {found}: {name} is missing")
+            if sha256(f) != digest:
+                raise CheckpointError(f"damaged checkpoint {found}: {name} does not match its checksum")
+        try:
+            self.config = ModelConfig.from_dict(meta["config"])
+            self.tokenizer = Tokenizer.load(found / "tokenizer.json")
+        except (KeyError, TypeError, PixdeployError) as e:
+            raise CheckpointError(f"damaged checkpoint {found}: {e}") from None
+        self.step = int(meta.get("step", 0))
+        self.meta = meta
+
+    def _load(self, name: str) -> dict:
+        try:
+            return load_file(self.path / name)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"damaged checkpoint {self.path}: {name}: {e}") from None
+
+    def model_state(self) -> dict:
+        return self._load("model.safetensors")
+
+    def has_train_state(self) -> bool:
+        return (self.path / "train_state.safetensors").is_file()
+
+    def train_state(self) -> tuple[dict, dict]:
+        if not self.has_train_state():
+            raise CheckpointError(f"checkpoint {self.path} has no training state to resume from")
+        return self._load("train_state.safetensors"), json.loads((self.path / "train_state.json").read_text())
+
+    def load_model(self, device="cpu"):
+        from pixdeploy.model import PixTokenLM
+
+        model = PixTokenLM(self.config)
+        missing, unexpected = model.load_state_dict(self.model_state(), strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {self.path} does not fit its config "
+                                  f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+        return model.to(device).eval()
+
+
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Optimizer state as (tensors, JSON): no pickle."""
+    sd = opt.state_dict()
+    tensors = {f"opt.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -1,0 +1,294 @@
+"""Pretraining loop (nanoGPT order: lr -> eval/checkpoint -> micro-steps -> clip -> step -> log).
+
+Runs as one process or under ``torchrun`` (DistributedDataParallel; gloo on CPU, nccl on CUDA). Rank 0
+writes the tokenizer, checkpoints and metrics. A run killed at any point resumes from its last
+checkpoint and continues the same run: same batches in the same order, same optimizer state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pixdeploy.checkpoint import Checkpoint, find_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
+from pixdeploy.config import ModelConfig
+from pixdeploy.data import BatchStream, Example, holdout_split, load_examples, make_loader
+from pixdeploy.errors import CheckpointError, PixdeployError
+from pixdeploy.model import PixTokenLM, split_losses
+from pixdeploy.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 16  # per process, per micro-step
+    grad_accum: int = 1
+    lr: float = 6e-4  # the paper's AdamW peak
+    min_lr_ratio: float = 0.1  # cosine decays to lr * this
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 8
+    ckpt_every: int = 200
+    log_every: int = 10
+    seed: int = 1337
+    num_workers: int = 2
+    precision: str = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU
+    vocab_size: int = 1024  # BPE size when the data has text
+    eval_percent: int = 5  # hold-out share when no separate eval data is given
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    progress = min(1.0, (step - tc.warmup) / max(1, tc.steps - tc.warmup))
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def resolve_precision(name: str, device: torch.device):
+    if name not in ("auto", *PRECISIONS):
+        raise PixdeployError(f"unknown precision {name!r}; choose auto, fp32, bf16 or fp16")
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name != "fp32" and device.type != "cuda":
+        raise PixdeployError(f"precision {name} needs a CUDA device; use fp32 on CPU")
+    return PRECISIONS[name]
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
+
+def setup_dist() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), device)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: torch.as_tensor(batch[k]).to(device) for k in ("tokens", "targets", "images", "sizes")}
+
+
+def batch_stream(examples, tok, cfg, tc, d: Dist, start: int):
+    """Endless batches from global batch counter ``start`` on (epochs follow one another)."""
+    probe = BatchStream(examples, tok, cfg, tc.batch_size, 0, tc.seed, d.rank, d.world)
+    if probe.n_batches == 0:
+        raise PixdeployError(f"{len(examples)} training examples cannot fill one batch of {tc.batch_size} "
+                             f"per process; lower --batch-size")
+    epoch, b = divmod(start, probe.n_batches)
+    while True:
+        stream = BatchStream(examples, tok, cfg, tc.batch_size, epoch, tc.seed, d.rank, d.world, start=b)
+        yield from make_loader(stream, tc.num_workers)
+        epoch, b = epoch + 1, 0
+
+
+@torch.no_grad()
+def evaluate(model, examples, tok, cfg, tc, d: Dist, autocast) -> dict:
+    """Mean pixel-token and word-token losses over (up to) eval_batches held-out batches."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=d.device)
+    bs = max(1, min(tc.batch_size, len(examples) // d.world))
+    stream = BatchStream(examples, tok, cfg, bs, 0, tc.seed, d.rank, d.world)
+    for i, batch in enumerate(make_loader(stream, 0)):
+        if i >= tc.eval_batches:
+            break
+        t = to_device(batch, d.device)
+        with autocast():
+            logits = model(t["tokens"], t["images"], t["sizes"])
+        out = split_losses(logits, t["targets"], cfg.text_vocab)
+        sums += torch.stack([out["pixel_sum"], out["pixel_count"], out["word_sum"], out["word_count"]]).double()
+    d.sum(sums)
+    model.train()
+    res = {}
+    if sums[1] > 0:
+        res["eval_pixel_loss"] = float(sums[0] / sums[1])
+    if sums[3] > 0:
+        res["eval_word_loss"] = float(sums[2] / sums[3])
+    return res
+
+
+def build_tokenizer(examples: list[Example], tc: TrainConfig) -> Tokenizer:
+    texts = [t for ex in examples for t in ex.texts]
+    return Tokenizer.train(texts, tc.vocab_size) if texts else Tokenizer.image_only()
+
+
+def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, *, resume: bool = False,
+          eval_data: str | Path | None = None, image_root: str | Path | None = None,
+          progress: bool = True, on_step=None) -> dict:
+    """Train (or resume) a model; returns a summary of the final state. ``on_step(step)`` is called
+    after every optimizer step (tests use it to interrupt a run)."""
+    out = Path(out)
+    d = setup_dist()
+    examples = load_examples(data, image_root)
+    if eval_data is not None:
+        train_ex, eval_ex = examples, load_examples(eval_data, image_root)
+    else:
+        train_ex, eval_ex = holdout_split(examples, tc.eval_percent)
+
+    existing = find_checkpoint(out)
+    ckpt = None
+    if resume:
+        if existing is None:
+            raise CheckpointError(f"--resume given but {out} holds no checkpoint")
+        ckpt = Checkpoint(existing)
+        if not ckpt.has_train_state():
+            raise CheckpointError(f"checkpoint {ckpt.path} has no training state to resume from")
+        tok = ckpt.tokenizer
+        if cfg.replace(text_vocab=ckpt.config.text_vocab) != ckpt.config:
+            raise CheckpointError(f"checkpoint {ckpt.path} was trained with another model config; "
+                                  "resume with the same --preset")
+        cfg = ckpt.config
+    else:
+        if existing is not None:
+            raise CheckpointError(f"{out} already holds a checkpoint; pass --resume to continue it "
+                                  "or choose another --out")
+        tok = build_tokenizer(train_ex, tc)
+        cfg = cfg.replace(text_vocab=tok.vocab_size)
+
+    torch.manual_seed(tc.seed)
+    model = PixTokenLM(cfg).to(d.device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tc.lr, betas=(0.9, 0.95), fused=d.device.type == "cuda",
+    )
+    amp_dtype = resolve_precision(tc.precision, d.device)
+    scaler = torch.amp.GradScaler(d.device.type, enabled=amp_dtype == torch.float16)
+    step = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model_state())
+        tensors, state = ckpt.train_state()
+        optimizer_from_flat(opt, tensors, state)
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(tensors["rng.cpu"])
+        step = ckpt.step
+
+    ddp_model = model
+    if d.world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(d.device.type, dtype=amp_dtype)
+
+    def save(step_done: int):
+        if not d.main:
+            return
+        tensors, state = optimizer_to_flat(opt)
+        tensors["rng.cpu"] = torch.get_rng_state()
+        state["scaler"] = scaler.state_dict()
+        state["train_config"] = dataclasses.asdict(tc)
+        save_checkpoint(out, model.state_dict(), cfg, tok, step_done, tensors, state)
+
+    metrics_path = out / "metrics.jsonl"
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    def log(record: dict):
+        if d.main:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    bar = None
+    if progress and d.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+    skipped: list[str] = []
+    batches = batch_stream(train_ex, tok, cfg, tc, d, start=step * tc.grad_accum)
+    last = {}
+    pixels_seen, t0 = 0, time.perf_counter()
+    model.train()
+    while step < tc.steps:
+        lr = lr_at(step, tc)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+        micro_loss = torch.zeros((), device=d.device)
+        for micro in range(tc.grad_accum):
+            batch = next(batches)
+            skipped += batch["skipped"]
+            t = to_device(batch, d.device)
+            sync = micro == tc.grad_accum - 1 or d.world == 1
+            with contextlib.nullcontext() if sync else ddp_model.no_sync(), autocast():
+                logits = ddp_model(t["tokens"], t["images"], t["sizes"])
+                loss = split_losses(logits, t["targets"], cfg.text_vocab)["loss"] / tc.grad_accum
+            scaler.scale(loss).backward()
+            micro_loss += loss.detach()
+            pixels_seen += t["images"].shape[0] * cfg.image_size**2
+        scaler.unscale_(opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+
+        loss_value = float(d.sum(micro_loss.clone()) / d.world)
+        last = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}
+        if step % tc.log_every == 0 or step == tc.steps:
+            elapsed = time.perf_counter() - t0
+            log({**last, "pixel_tokens_per_s": pixels_seen * d.world / max(elapsed, 1e-9)})
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
+            bar.update(1)
+        if (step % tc.eval_every == 0 or step == tc.steps) and eval_ex:
+            last.update(evaluate(model, eval_ex, tok, cfg, tc, d, autocast))
+            log({"step": step, **{k: v for k, v in last.items() if k.startswith("eval_")}})
+        if step % tc.ckpt_every == 0 or step == tc.steps:
+            save(step)
+            d.barrier()
+        if on_step is not None:
+            on_step(step)
+
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    summary = {**last, "params": model.num_params(), "config": cfg.to_dict(),
+               "pixel_tokens_per_s": pixels_seen * d.world / max(elapsed, 1e-9),
+               "skipped": sorted(set(skipped)), "checkpoint": str(out / "checkpoint")}
+    return summary

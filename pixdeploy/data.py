@@ -89,6 +89,19 @@ def load_examples(path: str | Path, image_root: str | Path | None = None) -> lis
     return examples
 
 
+def require_readable(examples: list[Example], image_size: int, where) -> None:
+    """Fail early when not one example can be read (reads only until the first success)."""
+    for ex in examples:
+        try:
+            for seg in ex.segments:
+                if isinstance(seg, Path):
+                    prepare_image(seg, image_size)
+            return
+        except ImageError:
+            continue
+    raise DataError(f"no readable image in {where}: every file failed to decode")
+
+
 def holdout_split(examples: list[Example], percent: int) -> tuple[list[Example], list[Example]]:
     """Deterministic train/eval split by a hash of each example's origin (stable as data grows)."""
     train, held = [], []

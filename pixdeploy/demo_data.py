@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 def render_number(number: int, rng: np.random.Generator, image_size: int) -> Image.Image:
-    bg = rng.integers(0, 256, 3)
-    fg = (bg + rng.integers(96, 160, 3)) % 256  # far from the background in every channel
+    # Light paper, dark ink, each in a random tint: contrast survives colour folding at any fold.
+    bg, fg = rng.integers(150, 256, 3), rng.integers(0, 90, 3)
     img = Image.new("RGB", (image_size, image_size), tuple(int(c) for c in bg))
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=int(rng.integers(image_size // 2, image_size * 3 // 4)))

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from pixdeploy.checkpoint import Checkpoint, find_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
 from pixdeploy.config import ModelConfig
-from pixdeploy.data import BatchStream, Example, holdout_split, load_examples, make_loader
+from pixdeploy.data import BatchStream, Example, holdout_split, load_examples, make_loader, require_readable
 from pixdeploy.errors import CheckpointError, PixdeployError
 from pixdeploy.model import PixTokenLM, split_losses
 from pixdeploy.tokenizer import Tokenizer
@@ -160,6 +160,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
     out = Path(out)
     d = setup_dist()
     examples = load_examples(data, image_root)
+    require_readable(examples, cfg.image_size, data)
     if eval_data is not None:
         train_ex, eval_ex = examples, load_examples(eval_data, image_root)
     else:
@@ -288,7 +289,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t0
-    summary = {**last, "params": model.num_params(), "config": cfg.to_dict(),
+    summary = {**last, "params": model.num_params(), "config": cfg.to_dict(), "processes": d.world,
                "pixel_tokens_per_s": pixels_seen * d.world / max(elapsed, 1e-9),
                "skipped": sorted(set(skipped)), "checkpoint": str(out / "checkpoint")}
     return summary

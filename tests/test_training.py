@@ -1,0 +1,75 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pixdeploy.checkpoint import Checkpoint
+from pixdeploy.demo_data import make_demo_set
+from pixdeploy.training import TrainConfig, lr_at, train
+
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    return make_demo_set(root, n_train=48, n_eval=8, image_size=32, max_number=9)
+
+
+TC = TrainConfig(steps=8, batch_size=4, warmup=2, eval_every=4, ckpt_every=4, log_every=1, num_workers=0,
+                 lr=2e-3, vocab_size=64, eval_batches=2)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    tc = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, tc) == pytest.approx(0.1) and lr_at(9, tc) == pytest.approx(1.0)
+    assert lr_at(10, tc) == pytest.approx(1.0) and lr_at(100, tc) == pytest.approx(0.1)
+    assert lr_at(55, tc) == pytest.approx(0.55)
+
+
+def test_training_lowers_the_loss_and_writes_metrics(tmp_path, demo_files, tiny_cfg):
+    train_txt, eval_txt = demo_files
+    summary = train(train_txt, tmp_path, tiny_cfg, TC, eval_data=eval_txt, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in lines if "loss" in r]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert {"eval_pixel_loss", "eval_word_loss"} <= set(summary)
+    ck = Checkpoint(tmp_path)
+    assert ck.step == 8 and ck.config.text_vocab == ck.tokenizer.vocab_size > 6
+
+
+def test_an_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, demo_files, tiny_cfg):
+    train_txt, eval_txt = demo_files
+    whole = train(train_txt, tmp_path / "whole", tiny_cfg, TC, eval_data=eval_txt, progress=False)
+
+    def kill_at_6(step):
+        if step == 6:  # after the step-4 checkpoint, before the next
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(train_txt, tmp_path / "cut", tiny_cfg, TC, eval_data=eval_txt, progress=False, on_step=kill_at_6)
+    assert Checkpoint(tmp_path / "cut").step == 4
+    resumed = train(train_txt, tmp_path / "cut", tiny_cfg, TC, eval_data=eval_txt, progress=False, resume=True)
+    assert resumed["step"] == whole["step"] == 8
+    for key in ("loss", "eval_pixel_loss", "eval_word_loss"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-5), key
+    a, b = Checkpoint(tmp_path / "whole").model_state(), Checkpoint(tmp_path / "cut").model_state()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(tmp_path, demo_files):
+    train_txt, eval_txt = demo_files
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "pixdeploy.cli", "train", "--preset", "tiny", "--data", str(train_txt), "--eval-data",
+           str(eval_txt), "--out", str(tmp_path / "ddp"), "--steps", "4", "--batch-size", "2", "--workers", "1",
+           "--warmup", "1", "--eval-every", "2", "--ckpt-every", "2", "--vocab-size", "64"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "step 4:" in res.stdout and "2 process(es)" in res.stdout
+    assert Checkpoint(tmp_path / "ddp").step == 4
+    lines = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(1 for r in lines if "loss" in r) == 4

@@ -1,0 +1,138 @@
+"""PyTorch -> ONNX for the two graphs of a bundle.
+
+- ``image_encoder``: uint8 letterboxed images + sizes -> window embeddings. Carries the custom nodes
+  ``pixdeploy::ColorFold`` and ``pixdeploy::WindowAttention`` with their ONNX function bodies.
+- ``decoder``: one graph for prefill (T > 1) and decode (T = 1): input embeddings, their positions and a
+  fixed-size KV cache (shapes never change: friendly to TensorRT profiles and CUDA graphs) -> logits of
+  the last position only, and the updated cache. Word embeddings stay outside the graph: the runtime
+  looks them up in a numpy table, so a decode step feeds one row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+import pixdeploy.model as model_module
+from pixdeploy.export.ops import DOMAIN, VERSION
+from pixdeploy.export.ops.color_fold import ColorFold, color_fold_export
+from pixdeploy.export.ops.window_attention import WindowAttention, window_attention_export
+from pixdeploy.model import PixTokenLM
+
+OPSET = 23  # the fused Attention operator, used by WindowAttention's body
+IR_VERSION = 11  # what opset 23 needs; onnx 1.23 writes 14 by default, which onnxruntime 1.31 cannot read
+CUSTOM_FUNCTIONS = (ColorFold, WindowAttention)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One exported graph, described declaratively (names, symbolic dims, why)."""
+
+    name: str
+    inputs: dict[str, tuple]  # name -> (dtype, dims); a str dim is symbolic
+    outputs: dict[str, tuple]
+    purpose: str
+
+    def to_dict(self) -> dict:
+        return {"file": f"{self.name}.onnx", "purpose": self.purpose,
+                "inputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in self.inputs.items()},
+                "outputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in self.outputs.items()}}
+
+
+def graph_specs(cfg) -> list[GraphSpec]:
+    S, W, C = cfg.image_size, cfg.n_windows, cfg.dim
+    cache = ("float32", ["batch", cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim])
+    kv_in = {f"past_{kv}_{i}": cache for i in range(cfg.n_layers) for kv in "kv"}
+    kv_out = {f"present_{kv}_{i}": cache for i in range(cfg.n_layers) for kv in "kv"}
+    return [
+        GraphSpec("image_encoder",
+                  {"images": ("uint8", ["images", S, S, 3]), "sizes": ("int64", ["images", 2])},
+                  {"window_embeddings": ("float32", ["images", W, C])},
+                  "letterboxed RGB + (h, w) of the image part -> one embedding per pixel window"),
+        GraphSpec("decoder",
+                  {"embeds": ("float32", ["batch", "tokens", C]), "input_pos": ("int64", ["tokens"]), **kv_in},
+                  {"logits": ("float32", ["batch", cfg.vocab_out]), **kv_out},
+                  "prefill (tokens > 1) or one decode step (tokens = 1) over a fixed-size KV cache"),
+    ]
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, model: PixTokenLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, sizes):
+        return self.model.encode_images(images, sizes)
+
+
+class DecoderStep(nn.Module):
+    def __init__(self, model: PixTokenLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, embeds, input_pos, *past):
+        cache = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
+        h, cache = self.model.decode(embeds, cache, input_pos)
+        return (self.model.logits(h[:, -1]), *[t for kv in cache for t in kv])
+
+
+@contextlib.contextmanager
+def custom_ops():
+    """Export-time patch: the model's fold and window attention emit pixdeploy:: nodes."""
+    saved = model_module.fold_torch, model_module.window_attention
+    model_module.fold_torch, model_module.window_attention = color_fold_export, window_attention_export
+    try:
+        yield
+    finally:
+        model_module.fold_torch, model_module.window_attention = saved
+
+
+def example_inputs(spec: GraphSpec, cfg) -> tuple:
+    """Small valid inputs; every symbolic dim is marked dynamic, so their values do not matter."""
+    if spec.name == "image_encoder":
+        S = cfg.image_size
+        return (torch.randint(0, 256, (2, S, S, 3), dtype=torch.uint8), torch.tensor([[S, S], [S, S // 2]]))
+    cache = torch.zeros(2, cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim)
+    return (torch.randn(2, 3, cfg.dim), torch.arange(3), *[cache] * (2 * cfg.n_layers))
+
+
+def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Attach custom-op bodies, pin opset and IR version, name the producer."""
+    used = {(n.domain, n.op_type) for n in proto.graph.node}
+    for fn in CUSTOM_FUNCTIONS:
+        fp = fn.to_function_proto()
+        if (fp.domain, fp.name) in used and all(f.name != fp.name for f in proto.functions):
+            proto.functions.append(fp)
+    if not any(o.domain == DOMAIN for o in proto.opset_import) and any(d == DOMAIN for d, _ in used):
+        proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, VERSION))
+    proto.ir_version = IR_VERSION
+    proto.producer_name = "pixdeploy"
+    from pixdeploy import __version__
+
+    proto.producer_version = __version__
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def export_graph(model: PixTokenLM, spec: GraphSpec, path: Path) -> onnx.ModelProto:
+    wrapper = (ImageEncoder if spec.name == "image_encoder" else DecoderStep)(model).eval()
+    args = example_inputs(spec, model.cfg)
+    dynamic = []
+    for dtype_dims in spec.inputs.values():
+        dims = {i: torch.export.Dim.DYNAMIC for i, d in enumerate(dtype_dims[1]) if isinstance(d, str)}
+        dynamic.append(dims or None)
+    if spec.name == "decoder":  # forward(embeds, input_pos, *past): varargs are one nested entry
+        dynamic = [dynamic[0], dynamic[1], tuple(dynamic[2:])]
+    with custom_ops(), torch.no_grad():
+        program = torch.onnx.export(
+            wrapper, args, dynamo=True, opset_version=OPSET, input_names=list(spec.inputs),
+            output_names=list(spec.outputs), dynamic_shapes=tuple(dynamic), verbose=False, optimize=True,
+        )
+    proto = finalize(program.model_proto)
+    onnx.save(proto, str(path))
+    return proto

@@ -97,8 +97,9 @@ def example_inputs(spec: GraphSpec, cfg) -> tuple:
     if spec.name == "image_encoder":
         S = cfg.image_size
         return (torch.randint(0, 256, (2, S, S, 3), dtype=torch.uint8), torch.tensor([[S, S], [S, S // 2]]))
-    cache = torch.zeros(2, cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim)
-    return (torch.randn(2, 3, cfg.dim), torch.arange(3), *[cache] * (2 * cfg.n_layers))
+    # Distinct tensors: one object passed twice would be traced as one aliased input.
+    caches = [torch.randn(2, cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim) for _ in range(2 * cfg.n_layers)]
+    return (torch.randn(2, 3, cfg.dim), torch.arange(3, 6), *caches)
 
 
 def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -13,7 +13,6 @@ the two renames).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,27 +24,12 @@ from safetensors.torch import load_file, save_file
 
 from pixdeploy.config import ModelConfig
 from pixdeploy.errors import CheckpointError, PixdeployError
+from pixdeploy.files import fsync_dir, fsync_tree, sha256
 from pixdeploy.tokenizer import Tokenizer
 
 FORMAT = "pixdeploy-checkpoint"
 VERSION = 1
 CKPT_DIR, OLD_DIR = "checkpoint", ".checkpoint.old"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(out: Path, model_state: dict, cfg: ModelConfig, tok: Tokenizer, step: int,
@@ -64,16 +48,13 @@ def save_checkpoint(out: Path, model_state: dict, cfg: ModelConfig, tok: Tokeniz
     meta = {"format": FORMAT, "version": VERSION, "step": step, "config": cfg.to_dict(),
             "files": {name: sha256(tmp / name) for name in files}}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    for p in tmp.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_tree(tmp)
     final, old = out / CKPT_DIR, out / OLD_DIR
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(out)
+    fsync_dir(out)
     shutil.rmtree(old, ignore_errors=True)
     return final
 

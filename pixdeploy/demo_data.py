@@ -2,7 +2,7 @@
 
 Written as real files in the paper's mixed-text format (``<|image|>images/x.png<|/image|>42``), so the
 demo runs the same loading path a user's data does. Pillow's built-in font renders the digits; colours,
-position and size vary so the model has to read, not memorise.
+and position vary so the model has to read, not memorise.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ def render_number(number: int, rng: np.random.Generator, image_size: int) -> Ima
     bg, fg = rng.integers(150, 256, 3), rng.integers(0, 90, 3)
     img = Image.new("RGB", (image_size, image_size), tuple(int(c) for c in bg))
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default(size=int(rng.integers(image_size // 2, image_size * 3 // 4)))
+    font = ImageFont.load_default(size=int(image_size * 0.7))
     text = str(number)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    x = rng.integers(0, max(1, image_size - (right - left))) - left
-    y = rng.integers(0, max(1, image_size - (bottom - top))) - top
+    # Centred, with a few pixels of jitter: the model must read the glyph, not find it.
+    jitter = max(1, image_size // 10)
+    x = (image_size - (right - left)) // 2 - left + int(rng.integers(-jitter, jitter + 1))
+    y = (image_size - (bottom - top)) // 2 - top + int(rng.integers(-jitter, jitter + 1))
     draw.text((int(x), int(y)), text, fill=tuple(int(c) for c in fg), font=font)
     return img
 

@@ -1,0 +1,141 @@
+"""The torch-free pipeline: bundle -> window embeddings, captions, streamed text.
+
+    from pixdeploy.runtime import Pipeline
+    pipe = Pipeline.load("bundle/", backend="onnxruntime", device="auto")
+    vectors = pipe.embed(["a.jpg", "b.png"])          # (2, windows, dim) float32
+    text = pipe.generate("a.jpg", prompt="", max_new_tokens=16)
+    for piece in pipe.stream("a.jpg"): print(piece, end="", flush=True)
+
+Preprocessing is the training code's own (`pixdeploy.folding`, numpy + Pillow), so pixels become the
+same tokens they were in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from pixdeploy.config import BOS_ID, EOS_ID, IMAGE_END_ID, IMAGE_SLOT, IMAGE_START_ID
+from pixdeploy.errors import PixdeployError
+from pixdeploy.folding import prepare_image
+from pixdeploy.runtime.backends import make_runner
+from pixdeploy.runtime.bundle import Bundle
+from pixdeploy.runtime.sampling import sample
+
+
+class Pipeline:
+    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", device: str = "auto"):
+        self.bundle, self.cfg, self.tokenizer = bundle, bundle.config, bundle.tokenizer
+        self.encoder = make_runner(backend, bundle.graph_path("image_encoder"), device)
+        self.decoder = make_runner(backend, bundle.graph_path("decoder"), device)
+        self.text_embeddings = bundle.text_embeddings()
+
+    @classmethod
+    def load(cls, path, backend: str = "onnxruntime", device: str = "auto") -> Pipeline:
+        return cls(Bundle(path), backend, device)
+
+    # ---- images ----
+
+    def preprocess(self, images: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        """Paths, Pillow images or HxWx3 uint8 arrays -> letterboxed (N, S, S, 3) uint8 + (N, 2) sizes."""
+        from PIL import Image
+
+        if not len(images):
+            raise PixdeployError("no images given")
+        prepared = []
+        for img in images:
+            if isinstance(img, np.ndarray):
+                if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                    raise PixdeployError(f"array images must be HxWx3 uint8, got {img.dtype} {img.shape}")
+                img = Image.fromarray(img, "RGB")
+            prepared.append(prepare_image(img, self.cfg.image_size))
+        return np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared])
+
+    def embed_letterboxed(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        S = self.cfg.image_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (S, S, 3):
+            raise PixdeployError(f"letterboxed images must be (N, {S}, {S}, 3) uint8, got {images.dtype} "
+                                 f"{images.shape}; pass files or arrays to embed() to letterbox them")
+        sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+        if len(sizes) != len(images) or (sizes < 1).any() or (sizes > S).any():
+            raise PixdeployError(f"sizes must be {len(images)} (h, w) pairs within 1..{S}")
+        return self.encoder.infer({"images": images, "sizes": sizes})["window_embeddings"]
+
+    def embed(self, images: Sequence) -> np.ndarray:
+        """One embedding per pixel window: (N, windows, dim) float32."""
+        return self.embed_letterboxed(*self.preprocess(images))
+
+    # ---- decoding ----
+
+    def prompt_ids(self, prompt: str = "") -> list[int]:
+        return [BOS_ID, IMAGE_START_ID, *([IMAGE_SLOT] * self.cfg.n_windows), IMAGE_END_ID,
+                *(self.tokenizer.encode(prompt) if prompt else [])]
+
+    def empty_cache(self, batch: int) -> dict:
+        shape = (batch, self.cfg.n_kv_heads, self.cfg.max_seq_len, self.cfg.head_dim)
+        zeros = np.zeros(shape, np.float32)
+        return {f"past_{kv}_{i}": zeros for i in range(self.cfg.n_layers) for kv in "kv"}
+
+    def _step(self, embeds: np.ndarray, start: int, cache: dict) -> tuple[np.ndarray, dict]:
+        pos = np.arange(start, start + embeds.shape[1], dtype=np.int64)
+        out = self.decoder.infer({"embeds": embeds.astype(np.float32), "input_pos": pos, **cache})
+        new_cache = {k.replace("present_", "past_"): v for k, v in out.items() if k.startswith("present_")}
+        return out["logits"], new_cache
+
+    def prefill(self, window_embeddings: np.ndarray, ids: list[int]) -> tuple[np.ndarray, dict]:
+        """Whole prompt for N images at once -> last-position logits (N, vocab) and the cache."""
+        if len(ids) >= self.cfg.max_seq_len:
+            raise PixdeployError(f"prompt is {len(ids)} tokens with the image; the context holds "
+                                 f"{self.cfg.max_seq_len} (shorten the prompt)")
+        arr = np.asarray(ids)
+        embeds = np.repeat(self.text_embeddings[np.maximum(arr, 0)][None], len(window_embeddings), axis=0)
+        embeds[:, arr == IMAGE_SLOT] = window_embeddings
+        return self._step(embeds, 0, self.empty_cache(len(window_embeddings)))
+
+    def token_steps(self, images: Sequence, prompt: str = "", *, max_new_tokens: int = 32,
+                    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                    stop: Sequence[int] | None = (EOS_ID,), seed: int = 0) -> Iterator[np.ndarray]:
+        """Yield (N,) word tokens per step; stops when every sequence hit a stop token (stop=None: never)."""
+        ids = self.prompt_ids(prompt)
+        logits, cache = self.prefill(self.embed(images), ids)
+        rng = np.random.default_rng(seed)
+        n = min(max_new_tokens, self.cfg.max_seq_len - len(ids))
+        done = np.zeros(len(logits), dtype=bool)
+        for i in range(n):
+            nxt = sample(logits[:, : self.cfg.text_vocab], temperature, top_k, top_p, rng)
+            yield nxt
+            done |= np.isin(nxt, list(stop or ()))
+            if done.all() or i == n - 1:
+                return
+            logits, cache = self._step(self.text_embeddings[nxt][:, None], len(ids) + i, cache)
+
+    def generate_batch(self, images: Sequence, prompt: str = "", **kwargs) -> list[str]:
+        stop = set(kwargs.get("stop", (EOS_ID,)) or ())
+        outs: list[list[int]] = [[] for _ in images]
+        finished = [False] * len(images)
+        for step in self.token_steps(images, prompt, **kwargs):
+            for i, t in enumerate(step.tolist()):
+                finished[i] = finished[i] or t in stop
+                if not finished[i]:
+                    outs[i].append(t)
+        return [self.tokenizer.decode(o) for o in outs]
+
+    def generate(self, image, prompt: str = "", **kwargs) -> str:
+        return self.generate_batch([image], prompt, **kwargs)[0]
+
+    def stream(self, image, prompt: str = "", **kwargs) -> Iterator[str]:
+        """Yield text as it is generated (decoded incrementally, so multi-byte characters stay whole)."""
+        stop = set(kwargs.get("stop", (EOS_ID,)) or ())
+        ids: list[int] = []
+        shown = ""
+        for step in self.token_steps([image], prompt, **kwargs):
+            t = int(step[0])
+            if t in stop:
+                return
+            ids.append(t)
+            text = self.tokenizer.decode(ids)
+            if text.endswith("\ufffd"):
+                continue
+            yield text[len(shown):]
+            shown = text

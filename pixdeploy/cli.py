@@ -120,5 +120,153 @@ def demo(workdir, steps, force):
     run_demo(workdir, steps=steps, force=force, echo=click.echo)
 
 
+def image_list(paths) -> list[Path]:
+    """Files as given; folders expanded to the images inside them."""
+    from pixdeploy.data import find_images
+
+    out = []
+    for p in map(Path, paths):
+        out += find_images(p) if p.is_dir() else [p]
+    if not out:
+        raise PixdeployError("no images given (or the folders hold none)")
+    return out
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@click.option("--images", "parity_images", multiple=True, type=click.Path(path_type=Path),
+              help="Images (or folders) for the parity gate; default: real photos shipped with scikit-learn.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle (only once the new one passes parity).")
+def export_cmd(checkpoint, out, parity_images, force):
+    """Export a checkpoint to a bundle of ONNX graphs, gated on parity with PyTorch."""
+    from pixdeploy.export.bundle import export_bundle
+
+    images = image_list(parity_images) if parity_images else None
+    bundle, result = export_bundle(checkpoint, out, images=images, force=force, echo=click.echo)
+    click.echo(result.table())
+    click.echo(f"bundle: {bundle.path}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
+@click.option("--images", "parity_images", multiple=True, type=click.Path(path_type=Path))
+@click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Greedy decode steps.")
+def parity(bundle, checkpoint, parity_images, steps):
+    """Check a bundle against its PyTorch checkpoint; exit 1 if any check fails."""
+    from pixdeploy.checkpoint import Checkpoint
+    from pixdeploy.export.parity import check_parity, default_parity_images
+    from pixdeploy.runtime import Pipeline
+
+    pipe = Pipeline.load(bundle, device="cpu")
+    model = Checkpoint(checkpoint).load_model()
+    result = check_parity(model, pipe, image_list(parity_images) if parity_images else default_parity_images(),
+                          steps=steps)
+    click.echo(result.table())
+    if not result:
+        raise PixdeployError("parity failed: " + ", ".join(c.name for c in result.failures))
+
+
+def runtime_options(f):
+    f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
+    return click.option("--backend", default="onnxruntime", show_default=True)(f)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--prompt", default="", help="Text after the image.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0)
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0)
+@click.option("--seed", type=int, default=0)
+@click.option("--stream", is_flag=True, help="Print tokens as they come (one image at a time).")
+@runtime_options
+def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, backend, device):
+    """Generate text for each image with the torch-free runtime."""
+    from pixdeploy.runtime import Pipeline
+
+    pipe = Pipeline.load(bundle, backend=backend, device=device)
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    paths = image_list(images)
+    if stream:
+        for p in paths:
+            click.echo(f"{p}\t", nl=False)
+            for piece in pipe.stream(p, prompt, **kw):
+                click.echo(piece, nl=False)
+            click.echo()
+    else:
+        for p, text in zip(paths, pipe.generate_batch(paths, prompt, **kw)):
+            click.echo(f"{p}\t{text}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help=".npy or .safetensors file.")
+@runtime_options
+def embed(bundle, images, out, backend, device):
+    """Window embeddings (images, windows, dim) of images, saved to .npy or .safetensors."""
+    import os
+
+    import numpy as np
+
+    from pixdeploy.runtime import Pipeline
+
+    if out.suffix not in (".npy", ".safetensors"):
+        raise PixdeployError(f"--out must end in .npy or .safetensors, got {out.name}")
+    paths = image_list(images)
+    vectors = Pipeline.load(bundle, backend=backend, device=device).embed(paths)
+    tmp = out.with_name(out.name + ".tmp")
+    if out.suffix == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, vectors, allow_pickle=False)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file({"window_embeddings": vectors}, str(tmp), metadata={"images": "\n".join(map(str, paths))})
+    os.replace(tmp, out)
+    click.echo(f"{out}: {vectors.shape[0]} images x {vectors.shape[1]} windows x {vectors.shape[2]}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+def inspect(bundle):
+    """Show a bundle's manifest, graphs, custom ops, sizes and opset."""
+    from collections import Counter
+
+    import onnx
+
+    from pixdeploy.runtime import Bundle
+
+    b = Bundle(bundle)
+    m = b.manifest
+    cfg = b.config
+    click.echo(f"{b.path}: {m['format']} v{m['format_version']}, {m['producer']}, precision {m['precision']}")
+    click.echo(f"model: dim {cfg.dim}, {cfg.image_layers} image + {cfg.n_layers} decoder layers, "
+               f"image {cfg.image_size} window {cfg.window} fold {cfg.fold} ({cfg.n_colors} colours), "
+               f"text vocab {cfg.text_vocab}, context {cfg.max_seq_len}")
+    click.echo(f"onnx: opset {m['onnx']['opset']}, IR {m['onnx']['ir_version']}")
+    for name, g in b.graphs.items():
+        proto = onnx.load(str(b.graph_path(name)), load_external_data=False)
+        custom = Counter(f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain not in ("", "ai.onnx"))
+        size = b.graph_path(name).stat().st_size
+        click.echo(f"  {g['file']} ({size / 1e6:.1f} MB): {g['purpose']}")
+        for kind in ("inputs", "outputs"):
+            sig = ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in g[kind].items() if not k[:5] in ("past_", "prese"))
+            click.echo(f"    {kind}: {sig}")
+        if custom:
+            bodies = {f.name for f in proto.functions}
+            click.echo("    custom ops: " + ", ".join(f"{k} x{n}" + (" (with function body)" if k.split("::")[1] in bodies
+                                                                          else " (NO BODY)") for k, n in custom.items()))
+    parity = json.loads(b.file("parity.json").read_text()) if b.file("parity.json").is_file() else None
+    if parity:
+        click.echo(f"parity ({parity['precision']}): {'passed' if parity['passed'] else 'FAILED'}")
+        for c in parity["checks"]:
+            click.echo(f"    {c['name']}: {c['value']:.3g}")
+
+
 if __name__ == "__main__":
     main()

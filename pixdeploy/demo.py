@@ -86,17 +86,34 @@ def run_demo(workdir: Path, steps: int | None = None, force: bool = False, echo=
     echo(f"      loss {summary['loss']:.3f}, held-out pixel loss {summary['eval_pixel_loss']:.3f}, "
          f"word loss {summary['eval_word_loss']:.3f}; {summary['pixel_tokens_per_s']:,.0f} pixel tokens/s")
 
-    echo(f"[3/3] reading {plan.n_eval} held-out images the model never saw")
+    echo(f"[3/4] reading {plan.n_eval} held-out images the model never saw (PyTorch)")
     ckpt = Checkpoint(workdir / "run")
-    pairs = read_images(ckpt.load_model(), ckpt.tokenizer, load_examples(eval_txt))
+    held_out = load_examples(eval_txt)
+    pairs = read_images(ckpt.load_model(), ckpt.tokenizer, held_out)
     right = sum(truth == read for truth, read in pairs)
     for truth, read in pairs[:8]:
         echo(f"      shows {truth:>3}  read {read!r:6} {'ok' if truth == read else 'wrong'}")
     chance = 100 / (plan.max_number + 1)
     echo(f"read {right}/{len(pairs)} held-out numbers right ({100 * right / len(pairs):.1f}%; "
-         f"chance is {chance:.0f}%) in {time.perf_counter() - t0:.0f} s")
-    echo(f"checkpoint: {ckpt.path}")
-    return {"right": right, "total": len(pairs), "seconds": time.perf_counter() - t0, "summary": summary}
+         f"chance is {chance:.0f}%)")
+
+    echo(f"[4/4] exporting to ONNX, checking parity, reading the same images with the torch-free runtime")
+    from pixdeploy.export.bundle import export_bundle
+    from pixdeploy.runtime import Pipeline
+
+    parity_images = [ex.segments[0] for ex in held_out[:16]]
+    bundle, parity = export_bundle(ckpt.path, workdir / "bundle", images=parity_images, echo=lambda *_: None)
+    echo(parity.table())
+    pipe = Pipeline.load(bundle.path, device="cpu")
+    runtime_read = pipe.generate_batch([ex.segments[0] for ex in held_out], max_new_tokens=8)
+    same = sum(r.strip() == p[1] for r, p in zip(runtime_read, pairs))
+    runtime_right = sum(r.strip() == p[0] for r, p in zip(runtime_read, pairs))
+    echo(f"runtime read {runtime_right}/{len(pairs)} right; {same}/{len(pairs)} answers identical to PyTorch's")
+    if same != len(pairs):
+        raise PixdeployError(f"the runtime disagreed with PyTorch on {len(pairs) - same} held-out images")
+    echo(f"checkpoint: {ckpt.path}\nbundle: {bundle.path}\ndone in {time.perf_counter() - t0:.0f} s")
+    return {"right": right, "runtime_right": runtime_right, "identical": same, "total": len(pairs),
+            "seconds": time.perf_counter() - t0, "summary": summary, "parity": parity.to_dict()}
 
 
 def _device_name() -> str:

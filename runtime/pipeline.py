@@ -132,10 +132,12 @@ class Pipeline:
         for step in self.token_steps([image], prompt, **kwargs):
             t = int(step[0])
             if t in stop:
-                return
+                break
             ids.append(t)
             text = self.tokenizer.decode(ids)
-            if text.endswith("\ufffd"):
-                continue
-            yield text[len(shown):]
-            shown = text
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                yield text[len(shown):]
+                shown = text
+        rest = self.tokenizer.decode(ids)[len(shown):]
+        if rest:  # bytes that never completed a character, as generate() would show them
+            yield rest

@@ -1,0 +1,99 @@
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from pixdeploy.errors import PixdeployError
+from pixdeploy.export import parity as parity_module
+from pixdeploy.export.bundle import export_bundle
+from pixdeploy.runtime import Bundle, BundleError, Pipeline
+
+
+def test_bundle_contents_and_custom_ops(tiny_bundle):
+    names = sorted(p.name for p in tiny_bundle.iterdir())
+    assert names == ["decoder.onnx", "image_encoder.onnx", "manifest.json", "parity.json",
+                     "text_embeddings.npy", "tokenizer.json"]
+    enc = onnx.load(str(tiny_bundle / "image_encoder.onnx"))
+    onnx.checker.check_model(enc, full_check=True)
+    ops = [f"{n.domain}::{n.op_type}" for n in enc.graph.node]
+    assert ops.count("pixdeploy::ColorFold") == 1 and ops.count("pixdeploy::WindowAttention") == 2
+    assert {f.name for f in enc.functions} == {"ColorFold", "WindowAttention"}
+    assert enc.ir_version == 11 and {o.domain: o.version for o in enc.opset_import}[""] == 23
+    dec = onnx.load(str(tiny_bundle / "decoder.onnx"))
+    onnx.checker.check_model(dec, full_check=True)
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["parity"]["passed"]
+    assert set(manifest["files"]) == set(names) - {"manifest.json"}
+    assert manifest["graphs"]["image_encoder"]["inputs"]["images"]["shape"] == ["images", 32, 32, 3]
+
+
+def test_parity_json_records_every_stage(tiny_bundle):
+    p = json.loads((tiny_bundle / "parity.json").read_text())
+    assert p["passed"] and p["decode_steps"] == 32 and p["images"] == 8
+    checks = {c["name"]: c for c in p["checks"]}
+    assert set(checks) == {"embed_max_abs", "embed_cosine_min", "logits_max_abs", "greedy_match"}
+    assert checks["embed_max_abs"]["value"] < 1e-4 and checks["greedy_match"]["value"] == 1.0
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(tiny_bundle, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: (b / "decoder.onnx").write_bytes((b / "decoder.onnx").read_bytes()[:1000]), "checksum"),
+    (lambda b: (b / "tokenizer.json").unlink(), "tokenizer.json is missing"),
+    (lambda b: (b / "manifest.json").write_text("{"), "manifest.json unreadable"),
+    (lambda b: (b / "manifest.json").unlink(), "manifest.json missing"),
+])
+def test_damaged_bundles_are_refused(bundle_copy, damage, message):
+    damage(bundle_copy)
+    with pytest.raises(BundleError, match=message):
+        Bundle(bundle_copy)
+
+
+def test_unknown_format_version_is_refused(bundle_copy):
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    (bundle_copy / "manifest.json").write_text(json.dumps({**m, "format_version": 99}))
+    with pytest.raises(BundleError, match="format version 99"):
+        Bundle(bundle_copy)
+
+
+def test_truncated_onnx_with_matching_checksum_is_one_error(bundle_copy):
+    """Even a manifest rewritten to match a broken graph cannot make it load."""
+    from pixdeploy.export.bundle import write_manifest
+
+    path = bundle_copy / "image_encoder.onnx"
+    path.write_bytes(path.read_bytes()[:5000])
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    write_manifest(bundle_copy, Bundle(bundle_copy, verify=False).config, {})
+    with pytest.raises(PixdeployError, match="cannot load"):
+        Pipeline.load(bundle_copy)
+    assert m["format"] == "pixdeploy-bundle"
+
+
+def test_existing_bundle_needs_force(tiny_checkpoint, tiny_bundle):
+    with pytest.raises(PixdeployError, match="already exists"):
+        export_bundle(tiny_checkpoint, tiny_bundle, echo=lambda *_: None)
+
+
+def test_failed_parity_writes_no_bundle(tiny_checkpoint, tmp_path, monkeypatch):
+    strict = {"fp32": {**parity_module.THRESHOLDS["fp32"], "embed_max_abs": 0.0}}
+    monkeypatch.setattr(parity_module, "THRESHOLDS", strict)
+    out = tmp_path / "b"
+    with pytest.raises(parity_module.ParityError, match="embed_max_abs"):
+        export_bundle(tiny_checkpoint, out, echo=lambda *_: None)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.tmp")]
+    report = json.loads((tmp_path / "b.parity-failed.json").read_text())
+    assert not report["passed"]
+
+
+def test_parity_result_is_truthy_only_on_pass():
+    r = parity_module.ParityResult("fp32", 1, 1, [parity_module.Check("x", 0.5, 1.0, True),
+                                                   parity_module.Check("y", np.nan, 1.0, False)])
+    assert not r and [c.name for c in r.failures] == ["x", "y"]

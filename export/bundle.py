@@ -13,17 +13,17 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from pixdeploy.export.onnx_export import IR_VERSION, OPSET, export_graph, graph_specs
+from pixdeploy.export.ops import DOMAIN
+from pixdeploy.export.parity import ParityError, check_parity, default_parity_images
+from pixdeploy.runtime.bundle import FORMAT, FORMAT_VERSION, Bundle
+from pixdeploy.runtime.pipeline import Pipeline
 
 from pixdeploy import __version__
 from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.config import SPECIAL_TOKENS
 from pixdeploy.errors import PixdeployError
-from pixdeploy.export.onnx_export import IR_VERSION, OPSET, export_graph, graph_specs
-from pixdeploy.export.ops import DOMAIN
-from pixdeploy.export.parity import ParityError, check_parity, default_parity_images
 from pixdeploy.files import fsync_dir, fsync_tree, sha256
-from pixdeploy.runtime.bundle import FORMAT, FORMAT_VERSION, Bundle
-from pixdeploy.runtime.pipeline import Pipeline
 
 
 def write_manifest(path: Path, cfg, extra: dict) -> None:

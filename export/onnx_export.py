@@ -16,12 +16,12 @@ from pathlib import Path
 
 import onnx
 import torch
-from torch import nn
-
-import pixdeploy.model as model_module
 from pixdeploy.export.ops import DOMAIN, VERSION
 from pixdeploy.export.ops.color_fold import ColorFold, color_fold_export
 from pixdeploy.export.ops.window_attention import WindowAttention, window_attention_export
+from torch import nn
+
+import pixdeploy.model as model_module
 from pixdeploy.model import PixTokenLM
 
 OPSET = 23  # the fused Attention operator, used by WindowAttention's body

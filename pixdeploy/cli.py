@@ -255,12 +255,17 @@ def inspect(bundle):
         size = b.graph_path(name).stat().st_size
         click.echo(f"  {g['file']} ({size / 1e6:.1f} MB): {g['purpose']}")
         for kind in ("inputs", "outputs"):
-            sig = ", ".join(f"{k} {v['dtype']}{v['shape']}" for k, v in g[kind].items() if not k[:5] in ("past_", "prese"))
-            click.echo(f"    {kind}: {sig}")
-        if custom:
-            bodies = {f.name for f in proto.functions}
-            click.echo("    custom ops: " + ", ".join(f"{k} x{n}" + (" (with function body)" if k.split("::")[1] in bodies
-                                                                          else " (NO BODY)") for k, n in custom.items()))
+            tensors = g[kind]
+            cache = [k for k in tensors if k.startswith(("past_", "present_"))]
+            sig = [f"{k} {v['dtype']}{v['shape']}" for k, v in tensors.items() if k not in cache]
+            if cache:
+                v = tensors[cache[0]]
+                sig.append(f"{len(cache)} KV-cache tensors {v['dtype']}{v['shape']}")
+            click.echo(f"    {kind}: {', '.join(sig)}")
+        bodies = {f.name for f in proto.functions}
+        for op_name, count in custom.items():
+            body = "with its function body" if op_name.split("::")[1] in bodies else "WITHOUT a function body"
+            click.echo(f"    custom op {op_name} x{count}, {body}")
     parity = json.loads(b.file("parity.json").read_text()) if b.file("parity.json").is_file() else None
     if parity:
         click.echo(f"parity ({parity['precision']}): {'passed' if parity['passed'] else 'FAILED'}")

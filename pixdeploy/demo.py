@@ -97,7 +97,7 @@ def run_demo(workdir: Path, steps: int | None = None, force: bool = False, echo=
     echo(f"read {right}/{len(pairs)} held-out numbers right ({100 * right / len(pairs):.1f}%; "
          f"chance is {chance:.0f}%)")
 
-    echo(f"[4/4] exporting to ONNX, checking parity, reading the same images with the torch-free runtime")
+    echo("[4/4] exporting to ONNX, checking parity, reading the same images with the torch-free runtime")
     from pixdeploy.export.bundle import export_bundle
     from pixdeploy.runtime import Pipeline
 

@@ -44,7 +44,8 @@ class OnnxRuntimeRunner:
         missing = set(self.inputs) - set(feed)
         extra = set(feed) - set(self.inputs)
         if missing or extra:
-            raise PixdeployError(f"feed does not match the graph: missing {sorted(missing)}, unexpected {sorted(extra)}")
+            raise PixdeployError(
+                f"feed does not match the graph: missing {sorted(missing)}, unexpected {sorted(extra)}")
         for name, (dtype, shape) in self.inputs.items():
             arr = feed[name]
             if arr.dtype != dtype or arr.ndim != len(shape):

@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from pixdeploy.runtime.backends import make_runner
+from pixdeploy.runtime.bundle import Bundle
+from pixdeploy.runtime.sampling import sample
 
 from pixdeploy.config import BOS_ID, EOS_ID, IMAGE_END_ID, IMAGE_SLOT, IMAGE_START_ID
 from pixdeploy.errors import PixdeployError
 from pixdeploy.folding import prepare_image
-from pixdeploy.runtime.backends import make_runner
-from pixdeploy.runtime.bundle import Bundle
-from pixdeploy.runtime.sampling import sample
 
 
 class Pipeline:

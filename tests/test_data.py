@@ -130,7 +130,7 @@ def test_long_examples_are_cut_without_splitting_an_image(tmp_path, photo, tiny_
 def test_grayscale_and_palette_images_load_in_batches(tmp_path, tiny_cfg, photo):
     photo.convert("L").save(tmp_path / "g.png")
     photo.convert("P").save(tmp_path / "p.png")
-    Image.fromarray((np.asarray(photo.convert("L"), dtype=np.uint16) * 257)).save(tmp_path / "d.png")
+    Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257).save(tmp_path / "d.png")
     ex = load_examples(tmp_path)
     (batch,) = BatchStream(ex, Tokenizer.image_only(), tiny_cfg, 3, 0, 0).batches()
     assert batch["skipped"] == [] and batch["images"].shape[0] == 3

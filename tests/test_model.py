@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 
@@ -80,7 +79,7 @@ def test_cached_generation_equals_uncached_recomputation(model):
     prompt = torch.tensor([image_prompt(cfg.n_windows, [9, 10, 11])] * 2)
     logits, cache = prefill(model, prompt, imgs, sizes)
     seq = prompt
-    for step in range(6):
+    for _ in range(6):
         full = model(seq, imgs, sizes)[:, -1]
         torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-4)
         nxt = logits[:, : cfg.text_vocab].argmax(-1)

@@ -7,8 +7,8 @@ Folds each colour to ``r//f + (g//f)*L + (b//f)*L*L`` and letterbox padding to `
 import torch
 from onnxscript import INT64, UINT8, script
 from onnxscript import opset23 as op
-
 from pixdeploy.export.ops import OPSET, VERSION
+
 from pixdeploy.folding import fold_torch
 
 

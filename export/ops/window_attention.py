@@ -9,8 +9,8 @@ see itself so no row is empty). Grouped-query: H is a multiple of K. The body is
 import torch
 from onnxscript import BOOL, FLOAT, script
 from onnxscript import opset23 as op
-
 from pixdeploy.export.ops import OPSET, VERSION
+
 from pixdeploy.model import window_attention
 
 

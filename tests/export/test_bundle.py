@@ -4,11 +4,11 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-
-from pixdeploy.errors import PixdeployError
 from pixdeploy.export import parity as parity_module
 from pixdeploy.export.bundle import export_bundle
 from pixdeploy.runtime import Bundle, BundleError, Pipeline
+
+from pixdeploy.errors import PixdeployError
 
 
 def test_bundle_contents_and_custom_ops(tiny_bundle):

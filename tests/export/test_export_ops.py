@@ -6,10 +6,10 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
-
 from pixdeploy.export.ops import DOMAIN
 from pixdeploy.export.ops.color_fold import ColorFold
 from pixdeploy.export.ops.window_attention import WindowAttention
+
 from pixdeploy.folding import fold_np
 from pixdeploy.model import window_attention
 

@@ -102,8 +102,19 @@ def example_inputs(spec: GraphSpec, cfg) -> tuple:
     return (torch.randn(2, 3, cfg.dim), torch.arange(3, 6), *caches)
 
 
-def finalize(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Attach custom-op bodies, pin opset and IR version, name the producer."""
+def name_dims(proto: onnx.ModelProto, spec: GraphSpec) -> None:
+    """Give the exporter's symbolic dims (s34, s56, ...) the spec's names, so every tool shows the same."""
+    for values, declared in ((proto.graph.input, spec.inputs), (proto.graph.output, spec.outputs)):
+        for value in values:
+            dims = declared[value.name][1]
+            for dim, want in zip(value.type.tensor_type.shape.dim, dims):
+                if isinstance(want, str):
+                    dim.dim_param = want
+
+
+def finalize(proto: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
+    """Name dims, attach custom-op bodies, pin opset and IR version, name the producer."""
+    name_dims(proto, spec)
     used = {(n.domain, n.op_type) for n in proto.graph.node}
     for fn in CUSTOM_FUNCTIONS:
         fp = fn.to_function_proto()
@@ -134,6 +145,6 @@ def export_graph(model: PixTokenLM, spec: GraphSpec, path: Path) -> onnx.ModelPr
             wrapper, args, dynamo=True, opset_version=OPSET, input_names=list(spec.inputs),
             output_names=list(spec.outputs), dynamic_shapes=tuple(dynamic), verbose=False, optimize=True,
         )
-    proto = finalize(program.model_proto)
+    proto = finalize(program.model_proto, spec)
     onnx.save(proto, str(path))
     return proto

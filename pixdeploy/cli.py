@@ -20,6 +20,9 @@ class Group(click.Group):
         except PixdeployError as e:
             click.secho(f"error: {e}", fg="red", err=True)
             sys.exit(1)
+        except OSError as e:  # disk full, permission denied, ...: the user's environment, not a bug
+            click.secho(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), fg="red", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pixdeploy.config import BOS_ID, EOS_ID, IGNORE, IMAGE_END_ID, IMAGE_SLOT, IMAGE_START_ID, PAD_ID, ModelConfig
+from pixdeploy.config import BOS_ID, EOS_ID, IGNORE, IMAGE_END_ID, IMAGE_START_ID, PAD_ID, ModelConfig
 from pixdeploy.errors import DataError, ImageError
 from pixdeploy.folding import IMAGE_EXTENSIONS, fold_np, prepare_image
+from pixdeploy.sequence import image_span
 from pixdeploy.tokenizer import Tokenizer
 
 IMAGE_REF = re.compile(r"<\|image\|>(.*?)<\|/image\|>")
@@ -131,7 +132,7 @@ def encode_example(ex: Example, tok: Tokenizer, cfg: ModelConfig):
             first = window_first_pixels(rgb, size, cfg)
             images.append(rgb)
             sizes.append(size)
-            tokens += [IMAGE_START_ID] + [IMAGE_SLOT] * cfg.n_windows + [IMAGE_END_ID]
+            tokens += image_span(cfg.n_windows)
             # What each new token's *predecessor* must predict.
             slot_targets = [cfg.text_vocab + int(c) if c != cfg.pixel_pad_id else IGNORE for c in first]
             next_targets += [IMAGE_START_ID] + slot_targets + [IMAGE_END_ID]

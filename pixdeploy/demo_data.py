@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 def render_number(number: int, rng: np.random.Generator, image_size: int) -> Image.Image:
-    # Light paper, dark ink, each in a random tint: contrast survives colour folding at any fold.
-    bg, fg = rng.integers(150, 256, 3), rng.integers(0, 90, 3)
+    # Light paper, dark ink, each in a random tint that stays within one colour level at fold 64.
+    bg, fg = rng.integers(192, 256, 3), rng.integers(0, 64, 3)
     img = Image.new("RGB", (image_size, image_size), tuple(int(c) for c in bg))
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=int(image_size * 0.7))

@@ -10,13 +10,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from pixdeploy.config import BOS_ID, EOS_ID, IMAGE_END_ID, IMAGE_SLOT, IMAGE_START_ID
+from pixdeploy.config import EOS_ID
 from pixdeploy.model import PixTokenLM
-
-
-def image_prompt(n_windows: int, text_ids: Sequence[int] = ()) -> list[int]:
-    """<s> <|image|> [window slots] <|/image|> followed by the encoded text prompt."""
-    return [BOS_ID, IMAGE_START_ID, *([IMAGE_SLOT] * n_windows), IMAGE_END_ID, *text_ids]
+from pixdeploy.sequence import collect_until_stop, image_prompt
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -77,16 +73,7 @@ def generate_text(model: PixTokenLM, tokenizer, images, sizes, prompt: str = "",
     """Caption a batch of letterboxed images (uint8 (N, S, S, 3), sizes (N, 2)) -> one string each."""
     ids = image_prompt(model.cfg.n_windows, tokenizer.encode(prompt) if prompt else ())
     tokens = torch.tensor([ids] * images.shape[0], device=images.device)
-    out: list[list[int]] = [[] for _ in range(images.shape[0])]
-    finished = [False] * images.shape[0]
-    for step in generate(model, tokens, images, sizes, **kwargs):
-        for i, t in enumerate(step.tolist()):
-            if not finished[i]:
-                if t in kwargs.get("stop", (EOS_ID,)):
-                    finished[i] = True
-                else:
-                    out[i].append(t)
+    steps = generate(model, tokens, images, sizes, **kwargs)
+    out = collect_until_stop(steps, images.shape[0], kwargs.get("stop", (EOS_ID,)))
     return [tokenizer.decode(ids) for ids in out]
 
-
-__all__ = ["BOS_ID", "decode_one", "generate", "generate_text", "image_prompt", "prefill", "sample"]

@@ -19,9 +19,10 @@ from pixdeploy.runtime.backends import make_runner
 from pixdeploy.runtime.bundle import Bundle
 from pixdeploy.runtime.sampling import sample
 
-from pixdeploy.config import BOS_ID, EOS_ID, IMAGE_END_ID, IMAGE_SLOT, IMAGE_START_ID
+from pixdeploy.config import EOS_ID, IMAGE_SLOT
 from pixdeploy.errors import PixdeployError
 from pixdeploy.folding import prepare_image
+from pixdeploy.sequence import collect_until_stop, image_prompt
 
 
 class Pipeline:
@@ -69,8 +70,7 @@ class Pipeline:
     # ---- decoding ----
 
     def prompt_ids(self, prompt: str = "") -> list[int]:
-        return [BOS_ID, IMAGE_START_ID, *([IMAGE_SLOT] * self.cfg.n_windows), IMAGE_END_ID,
-                *(self.tokenizer.encode(prompt) if prompt else [])]
+        return image_prompt(self.cfg.n_windows, self.tokenizer.encode(prompt) if prompt else ())
 
     def empty_cache(self, batch: int) -> dict:
         shape = (batch, self.cfg.n_kv_heads, self.cfg.max_seq_len, self.cfg.head_dim)
@@ -111,15 +111,9 @@ class Pipeline:
             logits, cache = self._step(self.text_embeddings[nxt][:, None], len(ids) + i, cache)
 
     def generate_batch(self, images: Sequence, prompt: str = "", **kwargs) -> list[str]:
-        stop = set(kwargs.get("stop", (EOS_ID,)) or ())
-        outs: list[list[int]] = [[] for _ in images]
-        finished = [False] * len(images)
-        for step in self.token_steps(images, prompt, **kwargs):
-            for i, t in enumerate(step.tolist()):
-                finished[i] = finished[i] or t in stop
-                if not finished[i]:
-                    outs[i].append(t)
-        return [self.tokenizer.decode(o) for o in outs]
+        out = collect_until_stop(self.token_steps(images, prompt, **kwargs), len(images),
+                                 kwargs.get("stop", (EOS_ID,)))
+        return [self.tokenizer.decode(o) for o in out]
 
     def generate(self, image, prompt: str = "", **kwargs) -> str:
         return self.generate_batch([image], prompt, **kwargs)[0]

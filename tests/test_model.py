@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from pixdeploy.config import IGNORE, IMAGE_SLOT
-from pixdeploy.generation import decode_one, image_prompt, prefill
+from pixdeploy.generation import decode_one, prefill
 from pixdeploy.model import PixTokenLM, split_losses
+from pixdeploy.sequence import image_prompt
 
 
 @pytest.fixture

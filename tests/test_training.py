@@ -17,7 +17,7 @@ def demo_files(tmp_path_factory):
     return make_demo_set(root, n_train=48, n_eval=8, image_size=32, max_number=9)
 
 
-TC = TrainConfig(steps=8, batch_size=4, warmup=2, eval_every=4, ckpt_every=4, log_every=1, num_workers=0,
+TC = TrainConfig(steps=8, batch_size=4, grad_accum=2, warmup=2, eval_every=4, ckpt_every=4, log_every=1, num_workers=0,
                  lr=2e-3, vocab_size=64, eval_batches=2)
 
 
@@ -40,6 +40,7 @@ def test_training_lowers_the_loss_and_writes_metrics(tmp_path, demo_files, tiny_
 
 
 def test_an_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, demo_files, tiny_cfg):
+    """8 steps of 2 micro-batches cross an epoch (12 batches of 4): resuming must find the same batches."""
     train_txt, eval_txt = demo_files
     whole = train(train_txt, tmp_path / "whole", tiny_cfg, TC, eval_data=eval_txt, progress=False)
 

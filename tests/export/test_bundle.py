@@ -97,3 +97,24 @@ def test_parity_result_is_truthy_only_on_pass():
     r = parity_module.ParityResult("fp32", 1, 1, [parity_module.Check("x", 0.5, 1.0, True),
                                                    parity_module.Check("y", np.nan, 1.0, False)])
     assert not r and [c.name for c in r.failures] == ["x", "y"]
+
+
+def test_onnxruntime_runs_the_function_bodies(tiny_bundle, tmp_path):
+    """onnxruntime knows no pixdeploy kernels: it inlines each custom node's function body. Its
+    optimized graph shows what ran: no pixdeploy:: node is left, the fused Attention of
+    WindowAttention's body is."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tiny_bundle / "image_encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    ran = [(n.domain, n.op_type) for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert not [op for op in ran if op[0] == "pixdeploy"]
+    assert sum(1 for _, op in ran if op == "Attention") == 2  # one per image layer
+    assert any(op == "Where" for _, op in ran)  # ColorFold's padding select
+
+
+def test_graph_dims_carry_the_manifest_names(tiny_bundle):
+    enc = onnx.load(str(tiny_bundle / "image_encoder.onnx"))
+    dims = [d.dim_param or d.dim_value for d in enc.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["images", 32, 32, 3]

@@ -23,7 +23,7 @@ class DemoPlan:
     n_train: int = 6000
     n_eval: int = 200
     max_number: int = 9  # single digits: learnable by a 0.5M-parameter model in minutes on 2 cores
-    steps: int = 1200
+    steps: int = 1500
     batch_size: int = 16
     lr: float = 1e-3  # above ~2e-3 the decoder never learns to attend to single windows
     vocab_size: int = 64
@@ -72,13 +72,13 @@ def run_demo(workdir: Path, steps: int | None = None, force: bool = False, echo=
     prepare_workdir(workdir, force)
     cfg = preset("tiny")
 
-    echo(f"[1/3] rendering {plan.n_train} training and {plan.n_eval} held-out images of numbers "
+    echo(f"[1/4] rendering {plan.n_train} training and {plan.n_eval} held-out images of numbers "
          f"0-{plan.max_number} into {workdir / 'data'}")
     train_txt, eval_txt = make_demo_set(workdir / "data", plan.n_train, plan.n_eval, cfg.image_size,
                                         plan.max_number)
 
     steps = steps or plan.steps
-    echo(f"[2/3] training the tiny preset for {steps} steps on {_device_name()}")
+    echo(f"[2/4] training the tiny preset for {steps} steps on {_device_name()}")
     tc = TrainConfig(steps=steps, batch_size=plan.batch_size, lr=plan.lr, warmup=min(100, steps),
                      eval_every=max(1, steps // 4), ckpt_every=max(1, steps // 4), log_every=10,
                      vocab_size=plan.vocab_size, num_workers=1)

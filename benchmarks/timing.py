@@ -18,17 +18,20 @@ def percentiles(samples: list[float]) -> dict:
             "p99_ms": float(np.percentile(a, 99)), "n": len(a)}
 
 
-def interleaved(fns: dict, iters: int, warmup: int = 3) -> dict:
-    """Time each callable ``iters`` times, alternating between them; returns percentiles per name."""
+def interleaved(fns: dict, iters: int, warmup: int = 3, block: int = 1) -> dict:
+    """Time each callable ``iters`` times, alternating between them in runs of ``block`` calls;
+    returns percentiles per name. A block > 1 keeps a small kernel's caches warm, as in real use,
+    when its neighbour in the comparison is large enough to evict them."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     samples = {name: [] for name in fns}
-    for _ in range(iters):
+    for _ in range(max(1, iters // block)):
         for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t)
+            for _ in range(block):
+                t = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t)
     return {name: percentiles(s) for name, s in samples.items()}
 
 

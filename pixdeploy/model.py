@@ -136,8 +136,11 @@ class Block(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
             new_kv = None
         else:
-            k_all = kv[0].index_copy(2, input_pos, k.to(kv[0].dtype))
-            v_all = kv[1].index_copy(2, input_pos, v.to(kv[1].dtype))
+            # scatter on the position axis exports as one ScatterElements; index_copy exported as
+            # ScatterND wrapped in two transposes of the whole cache, most of a decode step's time.
+            where = input_pos[None, None, :, None].expand_as(k)
+            k_all = kv[0].scatter(2, where, k.to(kv[0].dtype))
+            v_all = kv[1].scatter(2, where, v.to(kv[1].dtype))
             seen = torch.arange(k_all.shape[2], device=x.device)[None, :] <= input_pos[:, None]  # (T, S)
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=seen, enable_gqa=True)
             new_kv = (k_all, v_all)

@@ -36,8 +36,9 @@ def save_checkpoint(out: Path, model_state: dict, cfg: ModelConfig, tok: Tokeniz
                     train_tensors: dict | None = None, train_json: dict | None = None) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".checkpoint.tmp-*"):  # left by a save that was killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out / f".checkpoint.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().float().contiguous().cpu() for k, v in model_state.items()}, tmp / "model.safetensors")
     tok.save(tmp / "tokenizer.json")

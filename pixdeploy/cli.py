@@ -65,6 +65,8 @@ def train_options(f):
         click.option("--vocab-size", type=click.IntRange(min=16), default=1024, show_default=True,
                      help="BPE vocabulary when the data has text."),
         click.option("--seed", type=int, default=1337, show_default=True),
+        click.option("--eval-percent", type=click.IntRange(0, 99), default=5, show_default=True,
+                     help="Share of --data held out for evaluation when --eval-data is not given."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -76,7 +78,7 @@ def train_options(f):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a model config field.")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="An image folder, a mixed text file, or a folder of mixed text files.")
-@click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out data (default: 5% of --data).")
+@click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out data (default: --eval-percent of --data).")
 @click.option("--image-root", type=click.Path(path_type=Path), help="Where mixed text image paths start.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (checkpoint, metrics).")
 @click.option("--resume", is_flag=True, help="Continue the run whose checkpoint is in --out.")

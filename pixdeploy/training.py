@@ -147,6 +147,17 @@ def evaluate(model, examples, tok, cfg, tc, d: Dist, autocast) -> dict:
     return res
 
 
+def drop_metrics_after(path: Path, step: int) -> None:
+    """On resume, forget what a killed run logged past its last checkpoint: those steps run again."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def build_tokenizer(examples: list[Example], tc: TrainConfig) -> Tokenizer:
     texts = [t for ex in examples for t in ex.texts]
     return Tokenizer.train(texts, tc.vocab_size) if texts else Tokenizer.image_only()
@@ -228,6 +239,8 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
     metrics_path = out / "metrics.jsonl"
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
+        if ckpt is not None:
+            drop_metrics_after(metrics_path, step)
 
     def log(record: dict):
         if d.main:

@@ -75,3 +75,41 @@ def test_two_processes_under_torchrun(tmp_path, demo_files):
     lines = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == [4]  # rank 0 alone writes metrics
     assert [r["step"] for r in lines if "eval_pixel_loss" in r] == [2, 4]
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, demo_files):
+    """A real kill -9 at an arbitrary moment (possibly mid-checkpoint): the resumed run ends where an
+    uninterrupted run ends."""
+    import signal
+    import time
+
+    train_txt, eval_txt = demo_files
+    args = ["--data", str(train_txt), "--eval-data", str(eval_txt), "--steps", "40", "--batch-size", "4",
+            "--workers", "0", "--warmup", "2", "--ckpt-every", "1", "--eval-every", "20", "--vocab-size", "64"]
+    cli = [sys.executable, "-m", "pixdeploy.cli", "train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run([*cli, *args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, env=env)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    proc = subprocess.Popen([*cli, *args, "--out", str(tmp_path / "cut")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "cut" / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)  # somewhere in the middle of the run
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = Checkpoint(tmp_path / "cut").step
+    assert 0 < killed_at < 40, "the run must be killed part-way"
+    resumed = subprocess.run([*cli, *args, "--out", str(tmp_path / "cut"), "--resume"], capture_output=True,
+                             text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = Checkpoint(tmp_path / "whole"), Checkpoint(tmp_path / "cut")
+    assert a.step == b.step == 40
+    wa, wb = a.model_state(), b.model_state()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+    assert not list((tmp_path / "cut").glob(".checkpoint.tmp-*"))
+    records = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [10, 20, 30, 40]  # none logged twice

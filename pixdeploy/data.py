@@ -186,8 +186,9 @@ def collate(encoded: list, cfg: ModelConfig) -> dict:
 
 class BatchStream:
     """Iterable of batches ``start..n_batches-1`` of one epoch, for one rank; a torch IterableDataset
-    when wrapped by `make_loader`. Worker ``w`` of ``n`` builds batches ``b`` with ``b % n == w``; the
-    DataLoader takes them round-robin, so the order is the same with any number of workers."""
+    when wrapped by `make_loader`. Worker ``w`` of ``n`` builds batches ``b`` with
+    ``(b - start) % n == w``; the DataLoader takes them round-robin from worker 0, so the order is the
+    same with any number of workers and from any start."""
 
     def __init__(self, examples, tok, cfg, batch_size, epoch, seed, rank=0, world=1, start=0):
         self.examples, self.tok, self.cfg = examples, tok, cfg
@@ -215,7 +216,7 @@ class BatchStream:
 
     def batches(self, worker: int = 0, n_workers: int = 1):
         for b in range(self.start, self.n_batches):
-            if b % n_workers == worker:
+            if (b - self.start) % n_workers == worker:  # worker 0 takes `start`: the loader asks it first
                 yield self.batch(b)
 
 

@@ -95,8 +95,19 @@ def test_batches_are_the_same_from_any_start_and_worker_split(tmp_path, photo, t
     np.testing.assert_array_equal(full[2]["images"], resumed[0]["images"])
     w0 = list(BatchStream(ex, tok, tiny_cfg, 2, epoch=3, seed=1).batches(0, 2))
     assert [b["index"] for b in w0] == [0, 2]
+    w1 = list(BatchStream(ex, tok, tiny_cfg, 2, epoch=3, seed=1, start=1).batches(0, 2))
+    assert [b["index"] for b in w1] == [1, 3]
     other_epoch = list(BatchStream(ex, tok, tiny_cfg, 2, epoch=4, seed=1).batches())
     assert any((a["images"] != b["images"]).any() for a, b in zip(full, other_epoch))
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_worker_processes_deliver_batches_in_order_from_any_start(tmp_path, photo, tiny_cfg, workers):
+    from pixdeploy.data import make_loader
+
+    write_images(tmp_path, photo, 7)
+    stream = BatchStream(load_examples(tmp_path), Tokenizer.image_only(), tiny_cfg, 1, epoch=0, seed=2, start=3)
+    assert [b["index"] for b in make_loader(stream, workers)] == [3, 4, 5, 6]
 
 
 def test_ranks_see_disjoint_shards(tmp_path, photo, tiny_cfg):

@@ -12,6 +12,9 @@ from pixdeploy import __version__
 from pixdeploy.config import PRESETS
 from pixdeploy.errors import PixdeployError
 
+# Optional heavy dependencies and the extra that installs each (a runtime-only install has none).
+EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "onnxruntime": "onnx", "sklearn": "dev"}
+
 
 class Group(click.Group):
     def invoke(self, ctx):
@@ -19,6 +22,12 @@ class Group(click.Group):
             return super().invoke(ctx)
         except PixdeployError as e:
             click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(1)
+        except ModuleNotFoundError as e:
+            extra = EXTRAS.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise
+            click.secho(f"error: this command needs {e.name}: pip install \"pixdeploy[{extra}]\"", fg="red", err=True)
             sys.exit(1)
         except OSError as e:  # disk full, permission denied, ...: the user's environment, not a bug
             click.secho(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), fg="red", err=True)

@@ -81,3 +81,12 @@ def test_console_script_error_has_no_traceback(tmp_path):
                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert res.returncode == 1
     assert res.stderr.strip() == f"error: data path not found: {tmp_path / 'nope'}"
+
+
+def test_a_command_needing_torch_on_a_runtime_only_install_names_the_extra(tmp_path):
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from pixdeploy.cli import main\n"
+            f"main(['export', {str(tmp_path)!r}, '-o', {str(tmp_path / 'b')!r}])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.strip() == 'error: this command needs torch: pip install "pixdeploy[train]"'

@@ -13,7 +13,7 @@ from pixdeploy.config import PRESETS
 from pixdeploy.errors import PixdeployError
 
 # Optional heavy dependencies and the extra that installs each (a runtime-only install has none).
-EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "onnxruntime": "onnx", "sklearn": "dev"}
+EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "onnxruntime": "onnx", "sklearn": "train"}
 
 
 class Group(click.Group):

@@ -245,14 +245,26 @@ def embed(bundle, images, out, backend, device):
     click.echo(f"{out}: {vectors.shape[0]} images x {vectors.shape[1]} windows x {vectors.shape[2]}")
 
 
+def describe_custom_ops(path: Path) -> list[str]:
+    """One line per custom-domain op in a graph, and whether it carries its function body."""
+    from collections import Counter
+
+    try:
+        import onnx
+    except ImportError:  # a runtime-only install (e.g. a Jetson) need not have onnx
+        return ["custom ops: not listed (pip install onnx to list them)"]
+    proto = onnx.load(str(path), load_external_data=False)
+    custom = Counter((n.domain, n.op_type) for n in proto.graph.node if n.domain not in ("", "ai.onnx"))
+    bodies = {(f.domain, f.name) for f in proto.functions}
+    return [f"custom op {domain}::{op} x{count}, "
+            + ("with its function body" if (domain, op) in bodies else "WITHOUT a function body")
+            for (domain, op), count in custom.items()]
+
+
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 def inspect(bundle):
     """Show a bundle's manifest, graphs, custom ops, sizes and opset."""
-    from collections import Counter
-
-    import onnx
-
     from pixdeploy.runtime import Bundle
 
     b = Bundle(bundle)
@@ -264,8 +276,6 @@ def inspect(bundle):
                f"text vocab {cfg.text_vocab}, context {cfg.max_seq_len}")
     click.echo(f"onnx: opset {m['onnx']['opset']}, IR {m['onnx']['ir_version']}")
     for name, g in b.graphs.items():
-        proto = onnx.load(str(b.graph_path(name)), load_external_data=False)
-        custom = Counter(f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain not in ("", "ai.onnx"))
         size = b.graph_path(name).stat().st_size
         click.echo(f"  {g['file']} ({size / 1e6:.1f} MB): {g['purpose']}")
         for kind in ("inputs", "outputs"):
@@ -276,10 +286,8 @@ def inspect(bundle):
                 v = tensors[cache[0]]
                 sig.append(f"{len(cache)} KV-cache tensors {v['dtype']}{v['shape']}")
             click.echo(f"    {kind}: {', '.join(sig)}")
-        bodies = {f.name for f in proto.functions}
-        for op_name, count in custom.items():
-            body = "with its function body" if op_name.split("::")[1] in bodies else "WITHOUT a function body"
-            click.echo(f"    custom op {op_name} x{count}, {body}")
+        for line in describe_custom_ops(b.graph_path(name)):
+            click.echo(f"    {line}")
     parity = json.loads(b.file("parity.json").read_text()) if b.file("parity.json").is_file() else None
     if parity:
         click.echo(f"parity ({parity['precision']}): {'passed' if parity['passed'] else 'FAILED'}")

@@ -197,8 +197,11 @@ def runtime_options(f):
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0)
 @click.option("--seed", type=int, default=0)
 @click.option("--stream", is_flag=True, help="Print tokens as they come (one image at a time).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images decoded together.")
 @runtime_options
-def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, backend, device):
+def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, batch_size, backend,
+             device):
     """Generate text for each image with the torch-free runtime."""
     from pixdeploy.runtime import Pipeline
 
@@ -212,8 +215,10 @@ def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, 
                 click.echo(piece, nl=False)
             click.echo()
     else:
-        for p, text in zip(paths, pipe.generate_batch(paths, prompt, **kw)):
-            click.echo(f"{p}\t{text}")
+        for i in range(0, len(paths), batch_size):
+            chunk = paths[i : i + batch_size]
+            for p, text in zip(chunk, pipe.generate_batch(chunk, prompt, **kw)):
+                click.echo(f"{p}\t{text}")
 
 
 @main.command()

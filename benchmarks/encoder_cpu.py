@@ -21,7 +21,7 @@ from pixdeploy.export.parity import default_parity_images
 
 from benchmarks.timing import interleaved, machine, write
 from pixdeploy.config import preset
-from pixdeploy.folding import prepare_image
+from pixdeploy.folding import prepare_batch
 from pixdeploy.model import PixTokenLM
 
 
@@ -30,8 +30,7 @@ def bench(name: str, batch: int, iters: int) -> dict:
     torch.manual_seed(0)
     model = PixTokenLM(cfg).eval()
     real = default_parity_images()
-    prepared = [prepare_image(real[i % len(real)], cfg.image_size) for i in range(batch)]
-    images, sizes = np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared])
+    images, sizes = prepare_batch([real[i % len(real)] for i in range(batch)], cfg.image_size)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "image_encoder.onnx"
         export_graph(model, graph_specs(cfg)[0], path)

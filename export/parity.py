@@ -77,7 +77,7 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
 @torch.no_grad()
 def check_parity(model, pipeline, images: list, precision: str = "fp32", steps: int = 32) -> ParityResult:
     """Compare a loaded bundle (``pipeline``) with the PyTorch ``model`` on ``images`` (files or Pillow)."""
-    from pixdeploy.generation import decode_one, prefill
+    from pixdeploy.generation import generate, prefill
 
     if precision not in THRESHOLDS:
         raise PixdeployError(f"no parity thresholds for precision {precision!r}")
@@ -92,18 +92,13 @@ def check_parity(model, pipeline, images: list, precision: str = "fp32", steps: 
     e = compare(got_embed, ref_embed)
 
     tokens = torch.tensor([ids] * len(rgb))
-    ref_logits, cache = prefill(model, tokens, torch.from_numpy(rgb), torch.from_numpy(sizes))
+    ref_logits, _ = prefill(model, tokens, torch.from_numpy(rgb), torch.from_numpy(sizes))
     got_logits, _ = pipeline.prefill(got_embed, ids)
     lg = compare(got_logits, ref_logits.numpy())
 
     # Greedy over `steps` tokens, stop tokens ignored, each side feeding back its own choices.
-    ref_tokens, nxt = [], ref_logits[:, : cfg.text_vocab].argmax(-1)
-    for i in range(steps):
-        ref_tokens.append(nxt)
-        if i < steps - 1:
-            logits, cache = decode_one(model, nxt, len(ids) + i, cache)
-            nxt = logits[:, : cfg.text_vocab].argmax(-1)
-    ref = torch.stack(ref_tokens, 1).numpy()
+    ref = torch.stack(list(generate(model, tokens, torch.from_numpy(rgb), torch.from_numpy(sizes),
+                                    max_new_tokens=steps, stop=None)), 1).numpy()
     got = np.stack(list(pipeline.token_steps(images, max_new_tokens=steps, stop=None)), 1)
     match = float((got == ref).all(1).mean())
 

@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pixdeploy.errors import PixdeployError
 
 MARKER = ".pixdeploy-demo"  # only a directory carrying this is ever replaced by --force
@@ -33,16 +31,14 @@ def read_images(model, tokenizer, examples, batch_size: int = 50) -> list[tuple[
     """Generate a caption for each held-out (image, caption) example: [(truth, read)]."""
     import torch
 
-    from pixdeploy.folding import prepare_image
+    from pixdeploy.folding import prepare_batch
     from pixdeploy.generation import generate_text
 
     pairs = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
-        prepared = [prepare_image(ex.segments[0], model.cfg.image_size) for ex in chunk]
-        images = torch.from_numpy(np.stack([p[0] for p in prepared]))
-        sizes = torch.from_numpy(np.stack([p[1] for p in prepared]))
-        read = generate_text(model, tokenizer, images, sizes, max_new_tokens=8)
+        images, sizes = prepare_batch([ex.segments[0] for ex in chunk], model.cfg.image_size)
+        read = generate_text(model, tokenizer, torch.from_numpy(images), torch.from_numpy(sizes), max_new_tokens=8)
         pairs += [(ex.texts[0].strip(), r.strip()) for ex, r in zip(chunk, read)]
     return pairs
 

@@ -49,9 +49,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
-    """Open an image file (or take a Pillow image) as RGB; one `ImageError` for anything unusable."""
-    if isinstance(source, Image.Image):
+def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
+    """Open an image file (or take a Pillow image or an HxWx3 uint8 array) as RGB; one `ImageError`
+    for anything unusable."""
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
+            raise ImageError(f"array images must be HxWx3 uint8, got {source.dtype} {source.shape}")
+        img = Image.fromarray(source, "RGB")
+    elif isinstance(source, Image.Image):
         img = source
     else:
         path = Path(source)
@@ -99,6 +104,14 @@ def prepare_image(source, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Read + letterbox: the preprocessing shared by training and the runtime."""
     rgb, size = letterbox(load_image(source), image_size)
     return rgb, np.asarray(size, dtype=np.int64)
+
+
+def prepare_batch(sources, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images of any sizes -> letterboxed (N, S, S, 3) uint8 and their (N, 2) sizes."""
+    if not len(sources):
+        raise ImageError("no images given")
+    prepared = [prepare_image(s, image_size) for s in sources]
+    return np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared])
 
 
 # ---- numpy ------------------------------------------------------------------------------------------

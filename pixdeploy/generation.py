@@ -50,16 +50,17 @@ def decode_one(model: PixTokenLM, token: torch.Tensor, pos: int, cache):
 
 @torch.no_grad()
 def generate(model: PixTokenLM, tokens: torch.Tensor, images=None, sizes=None, *, max_new_tokens: int = 32,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop: Sequence[int] = (EOS_ID,),
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop: Sequence[int] | None = (EOS_ID,),
              seed: int = 0) -> Iterator[torch.Tensor]:
-    """Yield (B,) word tokens one step at a time until every sequence has hit a stop token."""
+    """Yield (B,) word tokens one step at a time until every sequence has hit a stop token
+    (``stop=None``: run all ``max_new_tokens``)."""
     cfg = model.cfg
     T = tokens.shape[1]
     max_new_tokens = min(max_new_tokens, cfg.max_seq_len - T)
     gen = torch.Generator(device=tokens.device).manual_seed(seed)
     logits, cache = prefill(model, tokens, images, sizes)
     done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-    stop_t = torch.tensor(list(stop), device=tokens.device)
+    stop_t = torch.tensor(list(stop or ()), dtype=torch.long, device=tokens.device)
     for i in range(max_new_tokens):
         nxt = sample(logits[:, : cfg.text_vocab], temperature, top_k, top_p, gen)
         yield nxt

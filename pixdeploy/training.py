@@ -183,8 +183,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
         if existing is None:
             raise CheckpointError(f"--resume given but {out} holds no checkpoint")
         ckpt = Checkpoint(existing)
-        if not ckpt.has_train_state():
-            raise CheckpointError(f"checkpoint {ckpt.path} has no training state to resume from")
+        tensors, state = ckpt.train_state()  # refuses a weights-only checkpoint before any work
         tok = ckpt.tokenizer
         if cfg.replace(text_vocab=ckpt.config.text_vocab) != ckpt.config:
             raise CheckpointError(f"checkpoint {ckpt.path} was trained with another model config; "
@@ -210,7 +209,6 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
     step = 0
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state())
-        tensors, state = ckpt.train_state()
         optimizer_from_flat(opt, tensors, state)
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])

@@ -21,7 +21,7 @@ from pixdeploy.runtime.sampling import sample
 
 from pixdeploy.config import EOS_ID, IMAGE_SLOT
 from pixdeploy.errors import PixdeployError
-from pixdeploy.folding import prepare_image
+from pixdeploy.folding import prepare_batch
 from pixdeploy.sequence import collect_until_stop, image_prompt
 
 
@@ -40,18 +40,7 @@ class Pipeline:
 
     def preprocess(self, images: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """Paths, Pillow images or HxWx3 uint8 arrays -> letterboxed (N, S, S, 3) uint8 + (N, 2) sizes."""
-        from PIL import Image
-
-        if not len(images):
-            raise PixdeployError("no images given")
-        prepared = []
-        for img in images:
-            if isinstance(img, np.ndarray):
-                if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                    raise PixdeployError(f"array images must be HxWx3 uint8, got {img.dtype} {img.shape}")
-                img = Image.fromarray(img, "RGB")
-            prepared.append(prepare_image(img, self.cfg.image_size))
-        return np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared])
+        return prepare_batch(images, self.cfg.image_size)
 
     def embed_letterboxed(self, images: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         S = self.cfg.image_size

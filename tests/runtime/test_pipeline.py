@@ -90,7 +90,7 @@ def test_bad_runtime_input_is_one_clear_error(pipe, tmp_path):
         pipe.generate(Image.new("RGB", (8, 8)), prompt="1 2 3 4 5 6 7 8 9 " * 10)
     with pytest.raises(PixdeployError, match="letterboxed images must be"):
         pipe.embed_letterboxed(np.zeros((2, 30, 32, 3), np.uint8), np.array([[30, 32], [30, 32]]))
-    with pytest.raises(PixdeployError, match="HxWx3 uint8"):
+    with pytest.raises(PixdeployError, match="HxWx3 uint8"):  # one ImageError from the shared loader
         pipe.embed([np.zeros((4, 4), np.float32)])
     with pytest.raises(PixdeployError, match="input images: expected"):
         pipe.encoder.infer({"images": np.zeros((1, 32, 32), np.uint8), "sizes": np.ones((1, 2), np.int64)})

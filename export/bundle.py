@@ -23,7 +23,7 @@ from pixdeploy import __version__
 from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.config import SPECIAL_TOKENS
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import fsync_dir, fsync_tree, sha256
+from pixdeploy.files import replace_dir, sha256
 
 
 def write_manifest(path: Path, cfg, extra: dict) -> None:
@@ -72,15 +72,7 @@ def export_bundle(checkpoint, out, images: list | None = None, force: bool = Fal
             names = ", ".join(f"{c.name}={c.value:.3g}" for c in result.failures)
             raise ParityError(f"parity gate failed ({names}); no bundle written; details in {report}")
         write_manifest(tmp, cfg, {"source": source, "parity": {"passed": True, "precision": result.precision}})
-        fsync_tree(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        fsync_dir(out.parent)
+        replace_dir(tmp, out, out.parent / f".{out.name}.old-{os.getpid()}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Bundle(out), result

@@ -99,7 +99,7 @@ def check_parity(model, pipeline, images: list, precision: str = "fp32", steps: 
     # Greedy over `steps` tokens, stop tokens ignored, each side feeding back its own choices.
     ref = torch.stack(list(generate(model, tokens, torch.from_numpy(rgb), torch.from_numpy(sizes),
                                     max_new_tokens=steps, stop=None)), 1).numpy()
-    got = np.stack(list(pipeline.token_steps(images, max_new_tokens=steps, stop=None)), 1)
+    got = np.stack(list(pipeline.decode_steps(got_embed, ids, max_new_tokens=steps, stop=None)), 1)
     match = float((got == ref).all(1).mean())
 
     result = ParityResult(precision, len(rgb), steps, stats={"embeddings": e, "prefill_logits": lg})

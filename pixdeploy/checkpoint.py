@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from pixdeploy.config import ModelConfig
 from pixdeploy.errors import CheckpointError, PixdeployError
-from pixdeploy.files import fsync_dir, fsync_tree, sha256
+from pixdeploy.files import replace_dir, sha256
 from pixdeploy.tokenizer import Tokenizer
 
 FORMAT = "pixdeploy-checkpoint"
@@ -49,15 +49,8 @@ def save_checkpoint(out: Path, model_state: dict, cfg: ModelConfig, tok: Tokeniz
     meta = {"format": FORMAT, "version": VERSION, "step": step, "config": cfg.to_dict(),
             "files": {name: sha256(tmp / name) for name in files}}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    fsync_tree(tmp)
-    final, old = out / CKPT_DIR, out / OLD_DIR
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    fsync_dir(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    replace_dir(tmp, out / CKPT_DIR, out / OLD_DIR)
+    return out / CKPT_DIR
 
 
 def find_checkpoint(path: Path) -> Path | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 
@@ -30,3 +31,15 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_dir(new: Path, final: Path, backup: Path) -> None:
+    """Swap a fully written directory into place with renames. A crash between them leaves the old
+    version whole at ``backup`` (a loader may look there); the backup is removed once the swap is done."""
+    fsync_tree(new)
+    if final.exists():
+        shutil.rmtree(backup, ignore_errors=True)
+        os.replace(final, backup)
+    os.replace(new, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(backup, ignore_errors=True)

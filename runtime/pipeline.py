@@ -86,8 +86,14 @@ class Pipeline:
                     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                     stop: Sequence[int] | None = (EOS_ID,), seed: int = 0) -> Iterator[np.ndarray]:
         """Yield (N,) word tokens per step; stops when every sequence hit a stop token (stop=None: never)."""
-        ids = self.prompt_ids(prompt)
-        logits, cache = self.prefill(self.embed(images), ids)
+        yield from self.decode_steps(self.embed(images), self.prompt_ids(prompt), max_new_tokens=max_new_tokens,
+                                     temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, seed=seed)
+
+    def decode_steps(self, window_embeddings: np.ndarray, ids: list[int], *, max_new_tokens: int = 32,
+                     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                     stop: Sequence[int] | None = (EOS_ID,), seed: int = 0) -> Iterator[np.ndarray]:
+        """`token_steps` from window embeddings already computed and prompt ids already built."""
+        logits, cache = self.prefill(window_embeddings, ids)
         rng = np.random.default_rng(seed)
         n = min(max_new_tokens, self.cfg.max_seq_len - len(ids))
         done = np.zeros(len(logits), dtype=bool)

@@ -50,7 +50,7 @@ def test_a_crash_between_the_two_renames_is_recovered(saved, monkeypatch, tiny_c
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr("pixdeploy.checkpoint.os.replace", replace)
+    monkeypatch.setattr("pixdeploy.files.os.replace", replace)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(out, model.state_dict(), tiny_cfg, Tokenizer.image_only(), step=4)
     assert not (out / "checkpoint").exists()

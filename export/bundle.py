@@ -22,8 +22,7 @@ from pixdeploy.runtime.pipeline import Pipeline
 from pixdeploy import __version__
 from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.config import SPECIAL_TOKENS
-from pixdeploy.errors import PixdeployError
-from pixdeploy.files import replace_dir, sha256
+from pixdeploy.files import check_replaceable, sha256, staged_dir
 
 
 def write_manifest(path: Path, cfg, extra: dict) -> None:
@@ -42,18 +41,22 @@ def write_manifest(path: Path, cfg, extra: dict) -> None:
     os.replace(tmp, path / "manifest.json")
 
 
+def is_bundle_dir(path: Path) -> bool:
+    """A folder this exporter wrote (so --force may replace it): it has a pixdeploy manifest."""
+    try:
+        return json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def export_bundle(checkpoint, out, images: list | None = None, force: bool = False, echo=print):
     """Export, check parity, and move into place. Returns (Bundle, ParityResult)."""
     ck = Checkpoint(checkpoint)
     out = Path(out)
-    if out.exists() and not force:
-        raise PixdeployError(f"{out} already exists; pass --force to replace it")
+    check_replaceable(out, replace=force, what="pixdeploy bundle", is_replaceable=is_bundle_dir)
     model = ck.load_model()
     cfg = ck.config
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out, replace=force, what="pixdeploy bundle", is_replaceable=is_bundle_dir, echo=echo) as tmp:
         for spec in graph_specs(cfg):
             echo(f"exporting {spec.name}.onnx")
             export_graph(model, spec, tmp / f"{spec.name}.onnx")
@@ -72,7 +75,4 @@ def export_bundle(checkpoint, out, images: list | None = None, force: bool = Fal
             names = ", ".join(f"{c.name}={c.value:.3g}" for c in result.failures)
             raise ParityError(f"parity gate failed ({names}); no bundle written; details in {report}")
         write_manifest(tmp, cfg, {"source": source, "parity": {"passed": True, "precision": result.precision}})
-        replace_dir(tmp, out, out.parent / f".{out.name}.old-{os.getpid()}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return Bundle(out), result

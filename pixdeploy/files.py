@@ -1,11 +1,25 @@
-"""File helpers shared by checkpoints and bundles (torch-free)."""
+"""File helpers shared by every writer (checkpoints, bundles, variants, engines, repositories; torch-free).
+
+Every artifact is written the same way: into a hidden temporary sibling named after the target
+(``.NAME.tmp-PID``), then renamed into place; a directory being replaced is first renamed to
+``.NAME.old-PID``. A writer killed at any moment therefore leaves the target whole (old or new) plus
+temporaries whose PID no longer runs; the next writer of the same target finds them, removes them (or
+restores an old version the swap had moved aside) and says so.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from pixdeploy.errors import PixdeployError
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 
 
 def sha256(path: Path) -> str:
@@ -17,11 +31,13 @@ def sha256(path: Path) -> str:
 
 
 def fsync_tree(path: Path) -> None:
-    """Flush every file of a directory, then the directory itself, before it is renamed into place."""
-    for p in path.iterdir():
-        if p.is_file():
+    """Flush every file of a directory tree, then the directories, before it is renamed into place."""
+    for p in path.rglob("*"):
+        if p.is_file() and not p.is_symlink():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+        elif p.is_dir() and not p.is_symlink():
+            fsync_dir(p)
     fsync_dir(path)
 
 
@@ -33,13 +49,124 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def replace_dir(new: Path, final: Path, backup: Path) -> None:
+def temp_path(final: Path, kind: str = "tmp") -> Path:
+    """The hidden sibling a writer of ``final`` uses: ``.NAME.tmp-PID`` (being written) or ``.NAME.old-PID``."""
+    return final.parent / f".{final.name}.{kind}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def clean_stale(final: Path, echo: Callable[[str], None] | None = None) -> list[Path]:
+    """Remove what killed writers of ``final`` left beside it; returns what was removed.
+
+    A ``.NAME.old-PID`` whose target is missing is the previous version caught between the two
+    renames of a swap: it is renamed back rather than deleted. Temporaries of a writer that is still
+    running (its PID is alive) are left alone.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    removed = []
+    for p in sorted(final.parent.iterdir()):
+        m = _TEMP.match(p.name)
+        if not m or m["name"] != final.name or _pid_alive(int(m["pid"])):
+            continue
+        if m["kind"] == "old" and not final.exists() and not final.is_symlink():
+            os.replace(p, final)
+            if echo:
+                echo(f"restored {final} from an interrupted replace")
+            continue
+        _remove(p)
+        removed.append(p)
+    if removed and echo:
+        echo(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
+             + ", ".join(p.name for p in removed))
+    return removed
+
+
+def replace_dir(new: Path, final: Path, backup: Path | None = None) -> None:
     """Swap a fully written directory into place with renames. A crash between them leaves the old
-    version whole at ``backup`` (a loader may look there); the backup is removed once the swap is done."""
+    version whole at ``backup`` (`clean_stale` and loaders look there); the backup is removed once the swap is done."""
+    backup = backup or temp_path(final, "old")
     fsync_tree(new)
     if final.exists():
-        shutil.rmtree(backup, ignore_errors=True)
+        _remove(backup)
         os.replace(final, backup)
     os.replace(new, final)
     fsync_dir(final.parent)
-    shutil.rmtree(backup, ignore_errors=True)
+    _remove(backup)
+
+
+@contextmanager
+def staged_dir(final: Path, *, replace: bool = False, what: str = "output",
+               is_replaceable: Callable[[Path], bool] | None = None,
+               echo: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Write a directory artifact atomically: yields an empty temporary directory; when the block ends
+    without an error it replaces ``final``; on any error (or Ctrl-C) nothing at ``final`` changes.
+
+    An existing ``final`` is replaced only with ``replace=True`` (the user's --force) and only when
+    ``is_replaceable(final)`` says it is an artifact of the same kind: --force never deletes a user's
+    folder or file that pixdeploy did not write.
+    """
+    final = Path(final)
+    check_replaceable(final, replace=replace, what=what, is_replaceable=is_replaceable)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(final, echo)
+    tmp = temp_path(final)
+    _remove(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_dir(tmp, final)
+    finally:
+        _remove(tmp)
+
+
+def check_replaceable(final: Path, *, replace: bool, what: str,
+                      is_replaceable: Callable[[Path], bool] | None = None) -> None:
+    """Refuse, before any work, to write over something that is not ours to replace."""
+    if not (final.exists() or final.is_symlink()):
+        return
+    if not replace:
+        raise PixdeployError(f"{final} already exists; pass --force to replace it")
+    if final.is_symlink() or not final.is_dir() or (is_replaceable is not None and not is_replaceable(final)):
+        raise PixdeployError(f"{final} exists and is not a {what}; refusing to replace it (choose another path)")
+
+
+@contextmanager
+def staged_file(final: Path, echo: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Write one file atomically: yields a temporary path beside ``final``; renamed into place when the
+    block ends without an error, removed otherwise. Errors name ``final``, the path the user gave."""
+    final = Path(final)
+    if final.is_dir():
+        raise PixdeployError(f"{final} is a directory; give a file path")
+    if not final.parent.is_dir():
+        raise PixdeployError(f"{final}: folder {final.parent} does not exist")
+    clean_stale(final, echo)
+    tmp = temp_path(final)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except OSError as e:
+        raise PixdeployError(f"cannot write {final}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)

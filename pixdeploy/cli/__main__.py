@@ -1,0 +1,3 @@
+from pixdeploy.cli import main
+
+main()

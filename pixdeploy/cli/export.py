@@ -1,0 +1,48 @@
+"""`export` and `parity`: PyTorch checkpoint -> bundle, and the check between them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pixdeploy.cli import image_list, main
+from pixdeploy.errors import PixdeployError
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@click.option("--images", "parity_images", multiple=True, type=click.Path(path_type=Path),
+              help="Images (or folders) for the parity gate; default: real photos shipped with scikit-learn.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle (only once the new one passes parity).")
+def export_cmd(checkpoint, out, parity_images, force):
+    """Export a checkpoint to a bundle of ONNX graphs, gated on parity with PyTorch."""
+    from pixdeploy.export.bundle import export_bundle
+
+    images = image_list(parity_images) if parity_images else None
+    bundle, result = export_bundle(checkpoint, out, images=images, force=force, echo=click.echo)
+    click.echo(result.table())
+    click.echo(f"bundle: {bundle.path}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
+@click.option("--images", "parity_images", multiple=True, type=click.Path(path_type=Path))
+@click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Greedy decode steps.")
+def parity(bundle, checkpoint, parity_images, steps):
+    """Check a bundle against its PyTorch checkpoint; exit 1 if any check fails."""
+    from pixdeploy.checkpoint import Checkpoint
+    from pixdeploy.export.parity import check_parity, default_parity_images
+    from pixdeploy.runtime import Pipeline
+
+    pipe = Pipeline.load(bundle, device="cpu")
+    model = Checkpoint(checkpoint).load_model()
+    result = check_parity(model, pipe, image_list(parity_images) if parity_images else default_parity_images(),
+                          steps=steps)
+    click.echo(result.table())
+    if not result:
+        raise PixdeployError("parity failed: " + ", ".join(c.name for c in result.failures))
+
+

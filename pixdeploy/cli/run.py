@@ -1,0 +1,78 @@
+"""`generate` and `embed`: the torch-free runtime on a bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pixdeploy.cli import image_list, main
+from pixdeploy.errors import PixdeployError
+
+
+def runtime_options(f):
+    f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
+    return click.option("--backend", default="onnxruntime", show_default=True)(f)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--prompt", default="", help="Text after the image.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0)
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0)
+@click.option("--seed", type=int, default=0)
+@click.option("--stream", is_flag=True, help="Print tokens as they come (one image at a time).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images decoded together.")
+@runtime_options
+def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, batch_size, backend,
+             device):
+    """Generate text for each image with the torch-free runtime."""
+    from pixdeploy.runtime import Pipeline
+
+    pipe = Pipeline.load(bundle, backend=backend, device=device)
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    paths = image_list(images)
+    if stream:
+        for p in paths:
+            click.echo(f"{p}\t", nl=False)
+            for piece in pipe.stream(p, prompt, **kw):
+                click.echo(piece, nl=False)
+            click.echo()
+    else:
+        for i in range(0, len(paths), batch_size):
+            chunk = paths[i : i + batch_size]
+            for p, text in zip(chunk, pipe.generate_batch(chunk, prompt, **kw)):
+                click.echo(f"{p}\t{text}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help=".npy or .safetensors file.")
+@runtime_options
+def embed(bundle, images, out, backend, device):
+    """Window embeddings (images, windows, dim) of images, saved to .npy or .safetensors."""
+    import numpy as np
+
+    from pixdeploy.files import staged_file
+    from pixdeploy.runtime import Pipeline
+
+    if out.suffix not in (".npy", ".safetensors"):
+        raise PixdeployError(f"--out must end in .npy or .safetensors, got {out.name}")
+    paths = image_list(images)
+    vectors = Pipeline.load(bundle, backend=backend, device=device).embed(paths)
+    with staged_file(out, echo=click.echo) as tmp:
+        if out.suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, vectors, allow_pickle=False)
+        else:
+            from safetensors.numpy import save_file
+
+            save_file({"window_embeddings": vectors}, str(tmp), metadata={"images": "\n".join(map(str, paths))})
+    click.echo(f"{out}: {vectors.shape[0]} images x {vectors.shape[1]} windows x {vectors.shape[2]}")
+
+

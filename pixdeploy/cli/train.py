@@ -1,0 +1,89 @@
+"""`train` and `demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pixdeploy.cli import main, parse_overrides
+from pixdeploy.config import PRESETS
+
+
+def train_options(f):
+    opts = [
+        click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+                     help="Examples per process per micro-step."),
+        click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=6e-4, show_default=True),
+        click.option("--warmup", type=click.IntRange(min=1), default=100, show_default=True),
+        click.option("--eval-every", type=click.IntRange(min=1), default=200, show_default=True),
+        click.option("--ckpt-every", type=click.IntRange(min=1), default=200, show_default=True),
+        click.option("--workers", "num_workers", type=click.IntRange(min=0), default=2, show_default=True,
+                     help="Data loader worker processes."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                     show_default=True, help="auto: bf16/fp16 autocast on CUDA, fp32 on CPU."),
+        click.option("--vocab-size", type=click.IntRange(min=16), default=1024, show_default=True,
+                     help="BPE vocabulary when the data has text."),
+        click.option("--seed", type=int, default=1337, show_default=True),
+        click.option("--eval-percent", type=click.IntRange(0, 99), default=5, show_default=True,
+                     help="Share of --data held out for evaluation when --eval-data is not given."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a model config field.")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="An image folder, a mixed text file, or a folder of mixed text files.")
+@click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out data (default: --eval-percent of --data).")
+@click.option("--image-root", type=click.Path(path_type=Path), help="Where mixed text image paths start.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (checkpoint, metrics).")
+@click.option("--resume", is_flag=True, help="Continue the run whose checkpoint is in --out.")
+@train_options
+def train(preset, overrides, data, eval_data, image_root, out, resume, **kw):
+    """Pretrain a model (also under torchrun for several processes)."""
+    from pixdeploy.config import preset as get_preset
+    from pixdeploy.training import TrainConfig
+    from pixdeploy.training import train as run_training
+
+    cfg = get_preset(preset).replace(**parse_overrides(overrides))
+    tc = TrainConfig(**kw)
+    summary = run_training(data, out, cfg, tc, resume=resume, eval_data=eval_data, image_root=image_root)
+    report_training(summary)
+    _finish_distributed()
+
+
+def _finish_distributed():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def report_training(summary: dict) -> None:
+    losses = ", ".join(f"{k} {summary[k]:.4f}" for k in ("loss", "eval_pixel_loss", "eval_word_loss") if k in summary)
+    click.echo(f"step {summary.get('step', 0)}: {losses}; {summary['pixel_tokens_per_s']:,.0f} pixel tokens/s; "
+               f"{summary['params']:,} parameters; {summary['processes']} process(es)")
+    if summary["skipped"]:
+        click.echo(f"skipped {len(summary['skipped'])} unreadable file(s):", err=True)
+        for line in summary["skipped"][:10]:
+            click.echo(f"  {line}", err=True)
+    click.echo(f"checkpoint: {summary['checkpoint']}")
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("pixdeploy-demo"), show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the demo's).")
+@click.option("--force", is_flag=True, help="Replace an earlier demo in --workdir.")
+def demo(workdir, steps, force):
+    """The whole pipeline on built-in data: make a data set, train `tiny` on CPU, read held-out images."""
+    from pixdeploy.demo import run_demo
+
+    run_demo(workdir, steps=steps, force=force, echo=click.echo)
+
+

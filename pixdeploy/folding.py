@@ -12,6 +12,7 @@ This module imports only numpy and Pillow; torch functions take torch tensors an
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -49,7 +50,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
+def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> Image.Image:
     """Open an image file (or take a Pillow image or an HxWx3 uint8 array) as RGB; one `ImageError`
     for anything unusable."""
     if isinstance(source, np.ndarray):
@@ -58,32 +59,42 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
         img = Image.fromarray(source, "RGB")
     elif isinstance(source, Image.Image):
         img = source
+    elif isinstance(source, (bytes, bytearray)):  # an encoded image file received over a network
+        if not source:
+            raise ImageError("image data is empty")
+        img = _open_checked(io.BytesIO(source), "image data")
     else:
         path = Path(source)
         if not path.is_file():
             raise ImageError(f"image not found: {path}")
         if path.stat().st_size == 0:
             raise ImageError(f"image file is empty: {path}")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(path)
-                if img.width * img.height > MAX_IMAGE_PIXELS:
-                    raise ImageError(
-                        f"image too large: {path} is {img.width}x{img.height} "
-                        f"(more than {MAX_IMAGE_PIXELS:,} pixels; possible decompression bomb)"
-                    )
-                img.load()
-        except ImageError:
-            raise
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageError(f"cannot read image {path}: {e}") from None
+        img = _open_checked(path, path)
     if img.width < 1 or img.height < 1:
         raise ImageError("image has zero size")
     try:
         return to_rgb(img)
     except (OSError, ValueError) as e:
         raise ImageError(f"cannot convert image to RGB: {e}") from None
+
+
+def _open_checked(fp, name) -> Image.Image:
+    """Decode an image file (path or file object), refusing decompression bombs before decoding."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ImageError(
+                    f"image too large: {name} is {img.width}x{img.height} "
+                    f"(more than {MAX_IMAGE_PIXELS:,} pixels; possible decompression bomb)"
+                )
+            img.load()
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"cannot read image {name}: {e}") from None
+    return img
 
 
 def letterbox(img: Image.Image, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:

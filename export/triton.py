@@ -1,0 +1,248 @@
+"""Bundle -> Triton Inference Server model repository.
+
+    REPO/
+        pixdeploy_repository.json     what wrote this folder (so --force replaces only a repository)
+        image_encoder/config.pbtxt    uint8 letterboxed images + sizes -> window embeddings; dynamic batching
+        image_encoder/1/model.onnx    (+ model.py with --backend python; model.plan with --backend tensorrt)
+        decoder/config.pbtxt          prefill / one decode step over the fixed-size KV cache
+        decoder/1/...
+        pixdeploy/                    Python backend, decoupled: image bytes + prompt -> streamed text
+        pixdeploy_generate/           the same loop, one response per request (plain HTTP clients)
+        pixdeploy/1/bundle/           manifest, tokenizer and word-embedding table the loop needs
+
+Every config is built as Triton's own protobuf message (`tritonclient.grpc.model_config_pb2`) from the
+bundle's manifest, so names, dtypes and dims are the graphs' and a typo cannot reach the server. The
+generation loop is the runtime's `Pipeline`, run over BLS calls to the two graph models.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixdeploy.runtime.bundle import Bundle, BundleError
+
+from pixdeploy import __version__
+from pixdeploy.errors import PixdeployError
+from pixdeploy.files import check_replaceable, staged_dir
+
+REPOSITORY_FORMAT = "pixdeploy-triton-repository"
+MARKER = "pixdeploy_repository.json"
+MODELS_DIR = Path(__file__).parent / "triton_models"  # the Python-backend model code, shipped as package data
+GRAPHS = ("image_encoder", "decoder")
+STREAM_MODEL, GENERATE_MODEL = "pixdeploy", "pixdeploy_generate"
+# What the generation models need from the bundle besides the graphs (which run in their own models).
+LOOP_FILES = ("manifest.json", "tokenizer.json", "text_embeddings.npy")
+
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+                 "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
+
+
+@dataclass(frozen=True)
+class GraphBackend:
+    """How one kind of Triton model runs a bundle graph."""
+
+    platform: str  # config `platform`, or "" when `backend` names it
+    backend: str
+    model_file: str  # the file Triton looks for in the version folder
+    instance_kind: str
+    why: str
+
+
+# One row per --backend; dispatch goes through this table.
+GRAPH_BACKENDS = {
+    "onnxruntime": GraphBackend("onnxruntime_onnx", "", "model.onnx", "KIND_GPU",
+                                "Triton's onnxruntime backend runs the ONNX graphs on the GPU"),
+    "tensorrt": GraphBackend("tensorrt_plan", "", "model.plan", "KIND_GPU",
+                             "Triton's TensorRT backend runs engines built from the graphs"),
+    "python": GraphBackend("", "python", "model.onnx", "KIND_CPU",
+                           "onnxruntime inside Python-backend models: runs on a CPU-only Triton"),
+}
+
+# Inputs of the generation models: (name, Triton dtype, why). All but IMAGE are optional.
+LOOP_INPUTS = (
+    ("IMAGE", "TYPE_STRING", "the encoded image file (JPEG, PNG, ...), letterboxed by the runtime's own code"),
+    ("PROMPT", "TYPE_STRING", "UTF-8 text after the image"),
+    ("MAX_NEW_TOKENS", "TYPE_INT32", "default 32"),
+    ("TEMPERATURE", "TYPE_FP32", "0 (default): greedy"),
+    ("TOP_K", "TYPE_INT32", "0 (default): off"),
+    ("TOP_P", "TYPE_FP32", "1 (default): off"),
+    ("SEED", "TYPE_INT64", "sampling seed, default 0"),
+)
+
+
+def _pb2():
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise PixdeployError('writing Triton configs needs tritonclient: pip install "pixdeploy[serve]"') from None
+    return model_config_pb2, text_format
+
+
+def triton_dims(shape: list, batched: bool) -> list[int]:
+    """Manifest shape -> Triton dims: symbolic dims become -1; a batched model leaves out the batch dim."""
+    dims = [d if isinstance(d, int) else -1 for d in shape]
+    return dims[1:] if batched else dims
+
+
+def batch_axis(graph: dict) -> str | None:
+    """The symbolic dim every input and output of a graph starts with, if there is one: Triton may then
+    batch requests along it (the encoder's "images"). The decoder's positions have no batch axis."""
+    firsts = {tuple(t["shape"][:1]) for io in ("inputs", "outputs") for t in graph[io].values()}
+    if len(firsts) == 1:
+        (first,) = firsts
+        if first and isinstance(first[0], str):
+            return first[0]
+    return None
+
+
+def graph_config(name: str, graph: dict, backend: str, max_batch: int, instances: int):
+    """The config of one graph model, as Triton's ModelConfig message."""
+    pb2, _ = _pb2()
+    kind = GRAPH_BACKENDS[backend]
+    batched = batch_axis(graph) is not None and max_batch > 0
+    cfg = pb2.ModelConfig(name=name, max_batch_size=max_batch if batched else 0)
+    if kind.platform:
+        cfg.platform = kind.platform
+    else:
+        cfg.backend = kind.backend
+    for io, field in (("inputs", cfg.input), ("outputs", cfg.output)):
+        for tname, t in graph[io].items():
+            if t["dtype"] not in TRITON_DTYPES:
+                raise BundleError(f"graph {name}: {tname} has dtype {t['dtype']}, which has no Triton type")
+            field.add(name=tname, data_type=getattr(pb2, TRITON_DTYPES[t["dtype"]]),
+                      dims=triton_dims(t["shape"], batched))
+    if batched:
+        # Concurrent requests (from many clients, or many generation loops) share one encoder run.
+        cfg.dynamic_batching.max_queue_delay_microseconds = 2000
+    cfg.instance_group.add(kind=getattr(pb2.ModelInstanceGroup, kind.instance_kind), count=instances)
+    return cfg
+
+
+def loop_config(name: str, decoupled: bool, max_batch: int, instances: int):
+    """The generation model: image bytes + prompt (+ sampling options) -> TEXT."""
+    pb2, _ = _pb2()
+    # The streaming model sends many responses per request, so it takes requests one at a time; the
+    # plain one decodes every request of a dynamic batch together (one encoder + decoder run per step).
+    batched = not decoupled and max_batch > 0
+    cfg = pb2.ModelConfig(name=name, backend="python", max_batch_size=max_batch if batched else 0)
+    for tname, dtype, _why in LOOP_INPUTS:
+        cfg.input.add(name=tname, data_type=getattr(pb2, dtype), dims=[1], optional=tname != "IMAGE")
+    cfg.output.add(name="TEXT", data_type=pb2.TYPE_STRING, dims=[1])
+    cfg.model_transaction_policy.decoupled = decoupled
+    if batched:
+        cfg.dynamic_batching.max_queue_delay_microseconds = 2000
+    cfg.instance_group.add(kind=pb2.ModelInstanceGroup.KIND_CPU, count=instances)
+    cfg.parameters["bundle"].string_value = "bundle"  # relative to the version folder
+    return cfg
+
+
+def to_pbtxt(cfg) -> str:
+    _, text_format = _pb2()
+    return text_format.MessageToString(cfg)
+
+
+def graph_artifacts(bundle: Bundle, backend: str) -> dict[str, Path]:
+    """The file each graph model serves, per backend. TensorRT engines come from `build-engine`."""
+    if backend in ("onnxruntime", "python"):
+        return {g: bundle.graph_path(g) for g in GRAPHS}
+    engines = bundle_engines(bundle)
+    missing = [g for g in GRAPHS if g not in engines]
+    if missing:
+        raise PixdeployError(f"bundle {bundle.path} has no TensorRT engines for {', '.join(missing)}; build them "
+                             f"with `pixdeploy build-engine {bundle.path}` on the GPU that will serve them")
+    return engines
+
+
+def bundle_engines(bundle: Bundle) -> dict[str, Path]:
+    """TensorRT engines the manifest lists, {graph: path}. Expected under `engines`, one entry per
+    build (GPU + TensorRT version), each with `files: {graph: path in the bundle}`; the first build
+    that has a graph wins. A bundle without `engines` has none."""
+    builds = bundle.manifest.get("engines")
+    found: dict[str, Path] = {}
+    for build in builds.values() if isinstance(builds, dict) else ():
+        files = build.get("files") if isinstance(build, dict) else None
+        for graph, rel in files.items() if isinstance(files, dict) else ():
+            if graph in GRAPHS and (bundle.path / rel).is_file():
+                found.setdefault(graph, bundle.path / rel)
+    return found
+
+
+def is_repository_dir(path: Path) -> bool:
+    """A folder this writer made (so --force may replace it)."""
+    try:
+        return json.loads((path / MARKER).read_text(encoding="utf-8")).get("format") == REPOSITORY_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def repository_info(path: Path) -> dict | None:
+    try:
+        info = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("format") == REPOSITORY_FORMAT else None
+
+
+def write_repository(bundle_path, out, *, backend: str = "onnxruntime", max_batch: int = 8, instances: int = 1,
+                     force: bool = False, echo=print) -> Path:
+    """Write a Triton model repository for a bundle (atomically); returns its path."""
+    if backend not in GRAPH_BACKENDS:
+        raise PixdeployError(f"unknown backend {backend!r}; choose one of {', '.join(GRAPH_BACKENDS)}")
+    if max_batch < 1 or instances < 1:
+        raise PixdeployError("--max-batch and --instances must be at least 1")
+    out = Path(out)
+    check_replaceable(out, replace=force, what="pixdeploy Triton repository", is_replaceable=is_repository_dir)
+    bundle = Bundle(bundle_path)  # checks format and checksums before anything is written
+    artifacts = graph_artifacts(bundle, backend)
+    kind = GRAPH_BACKENDS[backend]
+    with staged_dir(out, replace=force, what="pixdeploy Triton repository", is_replaceable=is_repository_dir,
+                    echo=echo) as tmp:
+        for g in GRAPHS:
+            version = tmp / g / "1"
+            version.mkdir(parents=True)
+            shutil.copyfile(artifacts[g], version / kind.model_file)
+            if backend == "python":
+                shutil.copyfile(MODELS_DIR / "graph_model.py", version / "model.py")
+            cfg = graph_config(g, bundle.graphs[g], backend, max_batch, instances)
+            (tmp / g / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
+        for name, decoupled in ((STREAM_MODEL, True), (GENERATE_MODEL, False)):
+            version = tmp / name / "1"
+            (version / "bundle").mkdir(parents=True)
+            shutil.copyfile(MODELS_DIR / "generate_model.py", version / "model.py")
+            for f in LOOP_FILES:
+                shutil.copyfile(bundle.file(f), version / "bundle" / f)
+            cfg = loop_config(name, decoupled, max_batch, instances)
+            (tmp / name / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
+        info = {"format": REPOSITORY_FORMAT, "producer": f"pixdeploy {__version__}", "bundle": str(bundle.path),
+                "bundle_manifest_sha256": _manifest_digest(bundle), "backend": backend, "max_batch": max_batch,
+                "instances": instances, "models": [*GRAPHS, STREAM_MODEL, GENERATE_MODEL]}
+        (tmp / MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return out
+
+
+def repository_for(bundle_path, repository, *, max_batch: int, instances: int, echo=print) -> Path:
+    """The `--backend python` repository `pixdeploy serve` runs: reused when it was written for this
+    bundle with these options (a restart serves exactly what ran before), written when absent."""
+    repository = Path(repository)
+    info = repository_info(repository)
+    if info is not None:
+        bundle = Bundle(bundle_path)
+        wanted = {"bundle_manifest_sha256": _manifest_digest(bundle), "backend": "python", "max_batch": max_batch,
+                  "instances": instances}
+        if all(info.get(k) == v for k, v in wanted.items()):
+            echo(f"reusing model repository {repository}")
+            return repository
+        raise PixdeployError(f"{repository} holds a repository for another bundle or other options; remove it, "
+                             "or rewrite it with `pixdeploy triton BUNDLE -o REPO --backend python --force`")
+    return write_repository(bundle_path, repository, backend="python", max_batch=max_batch, instances=instances,
+                            echo=echo)
+
+
+def _manifest_digest(bundle: Bundle) -> str:
+    from pixdeploy.files import sha256
+
+    return sha256(bundle.file("manifest.json"))

@@ -1,0 +1,77 @@
+"""`triton` and `serve`: a bundle as a Triton Inference Server model repository, or as a running server."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from pixdeploy.cli import main
+from pixdeploy.errors import PixdeployError
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Model repository folder.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "python"]), default="onnxruntime",
+              show_default=True, help="What runs the graphs: Triton's onnxruntime or TensorRT backend, or "
+              "onnxruntime inside Python-backend models (CPU-only Triton).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Largest dynamic batch of the encoder and of pixdeploy_generate.")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Model instances of each model (GPU instances for onnxruntime/tensorrt).")
+@click.option("--force", is_flag=True, help="Replace an existing repository written by pixdeploy.")
+def triton(bundle, out, backend, max_batch, instances, force):
+    """Write a Triton model repository for a bundle."""
+    from pixdeploy.export.triton import write_repository
+
+    write_repository(bundle, out, backend=backend, max_batch=max_batch, instances=instances, force=force,
+                     echo=lambda m: click.echo(m, err=True))
+    click.echo(f"{out}: Triton model repository (image_encoder, decoder, pixdeploy [streaming], "
+               f"pixdeploy_generate), backend {backend}")
+
+
+def _interrupt(*_):
+    """SIGTERM (a service manager's stop) takes the same clean path as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="HTTP port.")
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--repository", type=click.Path(path_type=Path), default=None,
+              help="Keep the model repository here (reused by the next start); default: a temporary folder.")
+@click.option("--instances", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=1, max=3600), default=180, show_default=True,
+              help="Seconds to wait for the server to become ready.")
+def serve(bundle, host, port, grpc_port, repository, instances, max_batch, timeout):
+    """Serve a bundle with Triton Inference Server (CPU; needs pixdeploy[serve]) until Ctrl-C."""
+    from pixdeploy.export.triton import repository_for
+    from pixdeploy.runtime.serve import TritonServer, triton_dist
+
+    triton_dist()  # refuse before writing anything when the server is not installed
+    echo = lambda m: click.echo(m, err=True)  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="pixdeploy-repo-") as tmp:
+        repo = repository_for(bundle, repository or Path(tmp) / "repository", instances=instances,
+                              max_batch=max_batch, echo=echo)
+        signal.signal(signal.SIGTERM, _interrupt)
+        with TritonServer(repo, host=host, http_port=port, grpc_port=grpc_port, log=sys.stderr) as server:
+            echo(f"starting Triton on {repo}")
+            server.wait_ready(timeout)
+            click.echo(f"ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}")
+            click.echo(f"  POST http://{server.http_url}/v2/models/pixdeploy_generate/infer   (one answer)")
+            click.echo(f"  gRPC stream to model pixdeploy, or POST http://{server.http_url}"
+                       "/v2/models/pixdeploy/generate_stream   (tokens as they come)")
+            click.echo("Ctrl-C stops the server", err=True)
+            try:
+                code = server.process.wait()
+            except KeyboardInterrupt:
+                echo("stopping Triton")
+                raise
+            raise PixdeployError(f"Triton server exited unexpectedly (code {code})")

@@ -71,6 +71,14 @@ def server_env(dist: Path) -> dict:
     return env
 
 
+def _stop_with_parent() -> None:
+    """Runs in the server's child process: the kernel sends it SIGTERM when the process that started it
+    dies, even by kill -9, so no orphaned server keeps the ports (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -119,7 +127,8 @@ class TritonServer:
             backends = prepare_backends(dist, self._workdir)
             self.process = subprocess.Popen(self.command(backends, dist), env=server_env(dist),
                                             stdout=self.log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                            start_new_session=True)  # Ctrl-C reaches us; we stop the server
+                                            start_new_session=True,  # Ctrl-C reaches us; we stop the server
+                                            preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
         except BaseException:
             self._cleanup()
             raise

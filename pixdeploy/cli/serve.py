@@ -66,8 +66,7 @@ def serve(bundle, host, port, grpc_port, repository, instances, max_batch, timeo
             server.wait_ready(timeout)
             click.echo(f"ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}")
             click.echo(f"  POST http://{server.http_url}/v2/models/pixdeploy_generate/infer   (one answer)")
-            click.echo(f"  gRPC stream to model pixdeploy, or POST http://{server.http_url}"
-                       "/v2/models/pixdeploy/generate_stream   (tokens as they come)")
+            click.echo(f"  gRPC {server.grpc_url}, bidirectional stream to model pixdeploy   (text as it comes)")
             click.echo("Ctrl-C stops the server", err=True)
             try:
                 code = server.process.wait()

@@ -125,6 +125,18 @@ def test_http_and_grpc_answers_equal_the_pipeline(server, pipe, images):
     assert http_generate(server.http_url, images[2], "", **sampled) == pipe.generate(images[2], "", **sampled)
 
 
+def test_readme_client_example_runs(server, pipe, images, tmp_path, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```py\n(.*?)```", readme, flags=re.S) if "tritonclient" in b]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jpg").write_bytes(images[1])
+    exec(compile(code.replace("127.0.0.1:8000", server.http_url), "README.md", "exec"), {})
+    assert capsys.readouterr().out == pipe.generate(images[1]) + "\n"
+
+
 def test_concurrent_clients_get_their_own_answers(server, pipe, images):
     """16 clients x 20 requests, mixed images, prompts and lengths, batched by the server."""
     prompts = ["", "the number", "a photo of"]

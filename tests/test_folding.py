@@ -109,3 +109,18 @@ def test_decompression_bomb_is_refused(tmp_path):
     Image.new("1", (9000, 9000)).save(path)  # 81M pixels, a few kB on disk
     with pytest.raises(ImageError, match="too large"):
         load_image(path)
+
+
+def test_image_bytes_read_as_the_file_does(tmp_path, photo):
+    """Servers receive encoded files as bytes: same pixels, same refusals as a path."""
+    path = tmp_path / "p.jpg"
+    photo.save(path)
+    assert np.array_equal(np.asarray(load_image(path.read_bytes())), np.asarray(load_image(path)))
+    with pytest.raises(ImageError, match="image data is empty"):
+        load_image(b"")
+    with pytest.raises(ImageError, match="cannot read image image data"):
+        load_image(path.read_bytes()[:200])
+    bomb = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(bomb, "PNG")
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(bomb.getvalue())

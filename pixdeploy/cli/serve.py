@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import tempfile
@@ -34,6 +35,12 @@ def triton(bundle, out, backend, max_batch, instances, force):
                f"pixdeploy_generate), backend {backend}")
 
 
+def _finite(value: float, name: str) -> float:
+    if not math.isfinite(value):  # FloatRange lets NaN through (every comparison with NaN is false)
+        raise click.BadParameter(f"{name} must be a finite number")
+    return value
+
+
 def _interrupt(*_):
     """SIGTERM (a service manager's stop) takes the same clean path as Ctrl-C."""
     raise KeyboardInterrupt
@@ -49,6 +56,7 @@ def _interrupt(*_):
 @click.option("--instances", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=1, max=3600), default=180, show_default=True,
+              callback=lambda _ctx, _p, v: _finite(v, "--timeout"),
               help="Seconds to wait for the server to become ready.")
 def serve(bundle, host, port, grpc_port, repository, instances, max_batch, timeout):
     """Serve a bundle with Triton Inference Server (CPU; needs pixdeploy[serve]) until Ctrl-C."""

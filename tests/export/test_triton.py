@@ -89,3 +89,10 @@ def test_damaged_bundle_is_refused_before_anything_is_written(tiny_bundle, tmp_p
     assert res.exit_code == 1
     assert res.output.strip() == f"error: damaged bundle {bad}: decoder.onnx does not match its checksum"
     assert not (tmp_path / "repo").exists() and not list(tmp_path.glob(".repo.*"))
+
+
+def test_serve_rejects_a_bad_timeout_and_a_missing_bundle(tmp_path):
+    res = CliRunner().invoke(main, ["serve", str(tmp_path), "--timeout", "nan"])
+    assert res.exit_code == 2 and "--timeout must be a finite number" in res.output
+    res = CliRunner().invoke(main, ["serve", str(tmp_path / "nothing")])
+    assert res.exit_code == 1 and f"no bundle at {tmp_path / 'nothing'}" in res.output

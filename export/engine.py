@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from pixdeploy.export.trt_support import (
     parser_table,
 )
 from pixdeploy.runtime.engine_header import engine_dir_name, version_tuple, write_engine
+from tqdm import tqdm
 
 from pixdeploy import __version__
 from pixdeploy.errors import PixdeployError
@@ -305,7 +307,7 @@ def build_engines(bundle_path, *, variant: str | None = None, max_batch: int = 4
              "variant": variant, "export_profile": bundle_profile(bundle.manifest).name, "engines": {}}
     with staged_dir(folder, replace=force, what="pixdeploy engine folder", is_replaceable=is_engine_dir,
                     echo=echo) as tmp:
-        for graph, onnx_path in graph_files.items():
+        for graph, onnx_path in tqdm(graph_files.items(), desc="engines", unit="engine", file=sys.stderr):
             profiles = derive_profiles(graph, bundle.graphs[graph], bundle.config, max_batch)
             echo(f"building {graph} ({', '.join(p.name for p in profiles)}) with TensorRT {trt_version} on {gpu}")
             plan, network = build_graph(onnx_path, settings, profiles, timing_cache, list(plugins), trt)

@@ -14,7 +14,7 @@ Module level is plain data (no onnx, no tensorrt): `build-engine` on a Jetson re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 _OPS_10_3 = frozenset("""
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast CastLike Ceil
@@ -42,19 +42,19 @@ class ParserTable:
     opset_min: int
     opset_max: int
     ops: frozenset
-    # Operators whose `axes` input (index 1) must be an initializer or Constant ("`axes` must be an initializer").
-    constant_axes: frozenset
+    # Inputs that must be an initializer or Constant ("`axes` must be an initializer"): op -> input index.
+    constant_inputs: dict
     # Attention: Q, K, V and attn_mask 4-D; no past_key/past_value/nonpad_kv_seqlen, one output, no softcap.
     attention_4d: bool = False
-    notes: tuple = field(default=())
 
 
+_AXES = dict.fromkeys(_REDUCE | {"Squeeze", "Unsqueeze", "CumSum"}, 1)  # CumSum: its `axis`
 PARSERS = {
-    "10.3": ParserTable("10.3", 9, 20, _OPS_10_3, constant_axes=_REDUCE | {"Squeeze", "Unsqueeze"},
-                        notes=("Slice accepts tensor axes since 10.3",)),
+    # Slice takes tensor axes since 10.3 (changelog); Pad's tensor axes came in 10.4.
+    "10.3": ParserTable("10.3", 9, 20, _OPS_10_3, constant_inputs=_AXES | {"Pad": 3}),
     "10.15": ParserTable("10.15", 9, 24, _OPS_10_3 | {"Attention", "BlackmanWindow", "HammingWindow", "HannWindow",
                                                       "RMSNormalization", "RotaryEmbedding", "STFT", "TensorScatter"},
-                         constant_axes=_REDUCE, attention_4d=True),
+                         constant_inputs=_AXES, attention_4d=True),
 }
 
 # ---- builder API per generation (enum member names without the C++ 'k') ----
@@ -134,9 +134,10 @@ def unsupported(proto, trt_version: str) -> list[str]:
         elif node.op_type not in table.ops and node.op_type not in seen:
             seen.add(node.op_type)
             problems.append(f"{node.op_type}: no importer in TensorRT {trt_version}'s ONNX parser")
-        if node.op_type in table.constant_axes and len(node.input) > 1 and node.input[1] \
-                and node.input[1] not in constants:
-            problems.append(f"{where}: `axes` must be an initializer or Constant")
+        index = table.constant_inputs.get(node.op_type)
+        if index is not None and len(node.input) > index and node.input[index] \
+                and node.input[index] not in constants:
+            problems.append(f"{where}: input {index} (axes) must be an initializer or Constant")
         if node.op_type == "Attention" and table.attention_4d:
             problems += [f"{where}: {p}" for p in _attention_problems(node, ranks)]
     return problems

@@ -76,16 +76,22 @@ def _onnxruntime_runner(path, device: str):
     return OnnxRuntimeBoundRunner.from_runner(runner)
 
 
-def _tensorrt_runner(path, device: str):
+def _tensorrt_runner(path, device: str, allow_host_code: bool = False):
     from pixdeploy.runtime.tensorrt_backend import TensorRTRunner  # TensorRT and Polygraphy are optional
 
-    return TensorRTRunner(path, device)
+    return TensorRTRunner(path, device, allow_host_code=allow_host_code)
 
 
 BACKENDS = {"onnxruntime": _onnxruntime_runner, "tensorrt": _tensorrt_runner}
 
 
-def make_runner(backend: str, path, device: str):
+def make_runner(backend: str, path, device: str, **options):
     if backend not in BACKENDS:
         raise PixdeployError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    return BACKENDS[backend](path, device)
+    import inspect
+
+    factory = BACKENDS[backend]
+    unknown = set(options) - set(inspect.signature(factory).parameters)
+    if unknown:
+        raise PixdeployError(f"backend {backend} takes no option {', '.join(sorted(unknown))}")
+    return factory(path, device, **options)

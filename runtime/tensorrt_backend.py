@@ -103,7 +103,7 @@ class TensorRTRunner:
         if header.get("version_compatible"):
             if not allow_host_code:
                 raise EngineError(f"{self.path} is version-compatible and embeds host code; load it only if you "
-                                  "trust its source, with allow_host_code=True")
+                                  "trust its source: Pipeline.load(..., backend='tensorrt', allow_host_code=True)")
             runtime.engine_host_code_allowed = True
         self.runtime = runtime  # the engine must not outlive its runtime
         self.engine = runtime.deserialize_cuda_engine(plan)

@@ -31,6 +31,11 @@ def test_io_binding_keeps_the_cache_as_device_values_and_answers_the_same(tiny_b
     np.testing.assert_array_equal(got, want)
 
 
+def test_backend_options_are_checked(tiny_bundle):
+    with pytest.raises(PixdeployError, match="backend onnxruntime takes no option allow_host_code"):
+        Pipeline.load(tiny_bundle, device="cpu", allow_host_code=True)
+
+
 def test_tensorrt_execution_provider_only_where_onnxruntime_has_it():
     assert tensorrt_provider(["CUDAExecutionProvider", "CPUExecutionProvider"]) == []
 

@@ -177,3 +177,15 @@ def test_engines_answer_as_onnxruntime(tiny_checkpoint, tmp_path):
     result = check_parity(Checkpoint(tiny_checkpoint).load_model(), Pipeline.load(bundle.path, backend="tensorrt"),
                           default_parity_images()[:4], steps=8)
     assert result, result.table()
+
+
+def test_engine_folder_is_listed_in_the_manifest_and_the_bundle_still_verifies(tiny_bundle, tmp_path):
+    from pixdeploy.export.engine import is_engine_dir, record_in_manifest
+
+    b = bundle_with_profile(tiny_bundle, tmp_path / "b", "tensorrt-10.3")
+    index = {"tensorrt": "10.3.0.30", "gpu": "Orin", "compute_capability": "8.7", "variant": "fp32",
+             "export_profile": "tensorrt-10.3"}
+    record_in_manifest(b, "orin-trt10.3.0.30", index)
+    again = Bundle(b.path)  # checksums of the graphs still verify
+    assert again.manifest["engines"]["orin-trt10.3.0.30"]["tensorrt"] == "10.3.0.30"
+    assert not is_engine_dir(b.path)  # --force never replaces a folder that is not an engine folder

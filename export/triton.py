@@ -158,17 +158,32 @@ def graph_artifacts(bundle: Bundle, backend: str) -> dict[str, Path]:
 
 
 def bundle_engines(bundle: Bundle) -> dict[str, Path]:
-    """TensorRT engines the manifest lists, {graph: path}. Expected under `engines`, one entry per
-    build (GPU + TensorRT version), each with `files: {graph: path in the bundle}`; the first build
-    that has a graph wins. A bundle without `engines` has none."""
+    """TensorRT engines built by `pixdeploy build-engine`, {graph: engine file}: the manifest lists each
+    build under `engines` (folder `engines/NAME/`, whose `engines.json` names a file per graph); the
+    first build listed that has a graph wins. A bundle without `engines` has none."""
     builds = bundle.manifest.get("engines")
     found: dict[str, Path] = {}
-    for build in builds.values() if isinstance(builds, dict) else ():
-        files = build.get("files") if isinstance(build, dict) else None
-        for graph, rel in files.items() if isinstance(files, dict) else ():
-            if graph in GRAPHS and (bundle.path / rel).is_file():
-                found.setdefault(graph, bundle.path / rel)
+    for name in builds if isinstance(builds, dict) else ():
+        folder = bundle.path / "engines" / name
+        try:
+            index = json.loads((folder / "engines.json").read_text(encoding="utf-8"))["engines"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for graph, entry in index.items() if isinstance(index, dict) else ():
+            path = folder / str(entry.get("file", "")) if isinstance(entry, dict) else None
+            if graph in GRAPHS and path is not None and path.is_file():
+                found.setdefault(graph, path)
     return found
+
+
+def copy_model_file(source: Path, target: Path, backend: str) -> None:
+    """Triton's TensorRT backend reads a bare plan: the pixdeploy header of an engine file is left out."""
+    if backend == "tensorrt":
+        from pixdeploy.runtime.engine_header import read_engine
+
+        target.write_bytes(read_engine(source)[1])
+    else:
+        shutil.copyfile(source, target)
 
 
 def is_repository_dir(path: Path) -> bool:
@@ -204,7 +219,7 @@ def write_repository(bundle_path, out, *, backend: str = "onnxruntime", max_batc
         for g in GRAPHS:
             version = tmp / g / "1"
             version.mkdir(parents=True)
-            shutil.copyfile(artifacts[g], version / kind.model_file)
+            copy_model_file(artifacts[g], version / kind.model_file, backend)
             if backend == "python":
                 shutil.copyfile(MODELS_DIR / "graph_model.py", version / "model.py")
             cfg = graph_config(g, bundle.graphs[g], backend, max_batch, instances)

@@ -61,6 +61,10 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
     else:
         path = Path(source)
         if not path.is_file():
+            if path.is_dir():
+                raise ImageError(f"{path} is a folder, not an image")
+            if path.is_symlink():  # exists() is False for a dangling link and for a loop alike
+                raise ImageError(f"image {path} is a broken symlink or a symlink loop")
             raise ImageError(f"image not found: {path}")
         if path.stat().st_size == 0:
             raise ImageError(f"image file is empty: {path}")

@@ -30,6 +30,9 @@ class BundleError(PixdeployError):
 
 
 class Bundle:
+    """A bundle on disk. Constructing one runs `verify`: the one verification every reader uses
+    (`Pipeline.load`, `inspect`, export's own check), so a bundle one command refuses no other accepts."""
+
     def __init__(self, path, verify: bool = True):
         self.path = Path(path)
         manifest = self.path / "manifest.json"
@@ -48,22 +51,49 @@ class Bundle:
         if verify:
             self.verify()
         try:
-            self.config = ModelConfig.from_dict(m["config"])
+            self.config = ModelConfig.from_dict(self._field("config", dict))
             self.tokenizer = Tokenizer.load(self.path / "tokenizer.json")
-            self.graphs = m["graphs"]
-        except (KeyError, TypeError, PixdeployError) as e:
+            self.graphs = self._field("graphs", dict)
+        except (KeyError, TypeError, ValueError, PixdeployError) as e:
             raise BundleError(f"damaged bundle {self.path}: {e}") from None
 
+    def _field(self, name: str, kind: type):
+        value = self.manifest.get(name)
+        if not isinstance(value, kind) or not value:
+            raise BundleError(f"damaged bundle {self.path}: manifest.json has no {name!r} field"
+                              + ("" if value is None else f" of the right kind (found {type(value).__name__})"))
+        return value
+
     def verify(self) -> None:
-        files = self.manifest.get("files")
-        if not isinstance(files, dict) or not files:
-            raise BundleError(f"damaged bundle {self.path}: manifest lists no files")
+        """Everything a bundle must be before anything runs: manifest fields present, every file listed
+        with a plain name and its checksum, every graph among the listed files, a tokenizer that loads
+        and an embeddings table of the configured shape. Raises one BundleError naming what is wrong."""
+        files = self._field("files", dict)
         for name, info in files.items():
+            if Path(name).name != name or name in ("", ".", ".."):  # a manifest must not point outside
+                raise BundleError(f"damaged bundle {self.path}: manifest lists {name!r}, not a file name")
             f = self.path / name
             if not f.is_file():
                 raise BundleError(f"damaged bundle {self.path}: {name} is missing")
-            if sha256(f) != info.get("sha256"):
+            if not isinstance(info, dict) or sha256(f) != info.get("sha256"):
                 raise BundleError(f"damaged bundle {self.path}: {name} does not match its checksum")
+        graphs = self._field("graphs", dict)
+        for graph in ("image_encoder", "decoder"):
+            entry = graphs.get(graph)
+            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+                raise BundleError(f"damaged bundle {self.path}: manifest.json has no {graph!r} graph entry")
+            if entry["file"] not in files:  # only checksummed files are ever loaded
+                raise BundleError(f"damaged bundle {self.path}: graph file {entry['file']!r} is not among "
+                                  "the checksummed files")
+        for name in ("tokenizer.json", "text_embeddings.npy"):
+            if name not in files:
+                raise BundleError(f"damaged bundle {self.path}: manifest lists no {name}")
+        try:
+            self.config = ModelConfig.from_dict(self._field("config", dict))
+            self.tokenizer = Tokenizer.load(self.path / "tokenizer.json")
+        except (KeyError, TypeError, ValueError, PixdeployError) as e:
+            raise BundleError(f"damaged bundle {self.path}: {e}") from None
+        self._embeddings = self.text_embeddings()  # read once: Pipeline takes the verified table
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -72,10 +102,15 @@ class Bundle:
         return self.path / self.graphs[graph]["file"]
 
     def text_embeddings(self) -> np.ndarray:
+        if getattr(self, "_embeddings", None) is not None:
+            return self._embeddings
         try:
             table = np.load(self.path / "text_embeddings.npy", allow_pickle=False)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:
             raise BundleError(f"damaged bundle {self.path}: text_embeddings.npy: {e}") from None
+        if not isinstance(table, np.ndarray) or table.dtype != np.float32:
+            raise BundleError(f"damaged bundle {self.path}: text_embeddings.npy is not a float32 array")
         if table.shape != (self.config.text_vocab, self.config.dim):
-            raise BundleError(f"damaged bundle {self.path}: text embeddings have shape {table.shape}")
+            raise BundleError(f"damaged bundle {self.path}: text embeddings have shape {table.shape}, "
+                              f"expected {(self.config.text_vocab, self.config.dim)}")
         return table

@@ -20,7 +20,7 @@ def export_cmd(checkpoint, out, parity_images, force):
     """Export a checkpoint to a bundle of ONNX graphs, gated on parity with PyTorch."""
     from pixdeploy.export.bundle import export_bundle
 
-    images = image_list(parity_images) if parity_images else None
+    images = image_list(parity_images, read=True) if parity_images else None
     bundle, result = export_bundle(checkpoint, out, images=images, force=force, echo=click.echo)
     click.echo(result.table())
     click.echo(f"bundle: {bundle.path}")
@@ -39,7 +39,7 @@ def parity(bundle, checkpoint, parity_images, steps):
 
     pipe = Pipeline.load(bundle, device="cpu")
     model = Checkpoint(checkpoint).load_model()
-    result = check_parity(model, pipe, image_list(parity_images) if parity_images else default_parity_images(),
+    result = check_parity(model, pipe, image_list(parity_images, read=True) if parity_images else default_parity_images(),
                           steps=steps)
     click.echo(result.table())
     if not result:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from pixdeploy.cli import image_list, main
-from pixdeploy.errors import PixdeployError
+from pixdeploy.cli import FiniteFloat, image_list, main
+from pixdeploy.errors import ContextLimitWarning, PixdeployError
 
 
 def runtime_options(f):
@@ -20,9 +22,9 @@ def runtime_options(f):
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--prompt", default="", help="Text after the image.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
+@click.option("--temperature", type=FiniteFloat(min=0), default=0.0, show_default=True, help="0: greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0)
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0)
+@click.option("--top-p", type=FiniteFloat(min=0, max=1, min_open=True), default=1.0)
 @click.option("--seed", type=int, default=0)
 @click.option("--stream", is_flag=True, help="Print tokens as they come (one image at a time).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
@@ -36,6 +38,27 @@ def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, 
     pipe = Pipeline.load(bundle, backend=backend, device=device)
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     paths = image_list(images)
+    with warnings_as_lines():
+        _generate(pipe, paths, prompt, kw, stream, batch_size)
+
+
+@contextmanager
+def warnings_as_lines():
+    """The runtime's warnings (e.g. the context cutting generation short) as one stderr line each."""
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ContextLimitWarning)
+            yield
+    finally:
+        for message in dict.fromkeys(str(w.message) for w in caught if w.category is ContextLimitWarning):
+            click.echo(f"warning: {message}", err=True)
+        for w in caught:  # anything else is shown as Python would have shown it
+            if w.category is not ContextLimitWarning:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _generate(pipe, paths, prompt, kw, stream, batch_size):
     if stream:
         for p in paths:
             click.echo(f"{p}\t", nl=False)
@@ -58,11 +81,12 @@ def embed(bundle, images, out, backend, device):
     """Window embeddings (images, windows, dim) of images, saved to .npy or .safetensors."""
     import numpy as np
 
-    from pixdeploy.files import staged_file
+    from pixdeploy.files import check_file_target, staged_file
     from pixdeploy.runtime import Pipeline
 
     if out.suffix not in (".npy", ".safetensors"):
         raise PixdeployError(f"--out must end in .npy or .safetensors, got {out.name}")
+    check_file_target(out)  # before the work, not after it
     paths = image_list(images)
     vectors = Pipeline.load(bundle, backend=backend, device=device).embed(paths)
     with staged_file(out, echo=click.echo) as tmp:

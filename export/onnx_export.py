@@ -19,6 +19,7 @@ import torch
 from pixdeploy.export.ops import DOMAIN, VERSION
 from pixdeploy.export.ops.color_fold import ColorFold, color_fold_export
 from pixdeploy.export.ops.window_attention import WindowAttention, window_attention_export
+from pixdeploy.export.quiet import quiet_exporter
 from torch import nn
 
 import pixdeploy.model as model_module
@@ -140,7 +141,7 @@ def export_graph(model: PixTokenLM, spec: GraphSpec, path: Path) -> onnx.ModelPr
         dynamic.append(dims or None)
     if spec.name == "decoder":  # forward(embeds, input_pos, *past): varargs are one nested entry
         dynamic = [dynamic[0], dynamic[1], tuple(dynamic[2:])]
-    with custom_ops(), torch.no_grad():
+    with custom_ops(), torch.no_grad(), quiet_exporter():  # third-party noise is not the user's concern
         program = torch.onnx.export(
             wrapper, args, dynamo=True, opset_version=OPSET, input_names=list(spec.inputs),
             output_names=list(spec.outputs), dynamic_shapes=tuple(dynamic), verbose=False, optimize=True,

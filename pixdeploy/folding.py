@@ -80,7 +80,9 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> Image.Im
                 img.load()
         except ImageError:
             raise
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow refused at open
+            raise ImageError(f"image too large: {path} ({e}; possible decompression bomb)") from None
+        except (OSError, ValueError, SyntaxError) as e:
             raise ImageError(f"cannot read image {path}: {e}") from None
     if img.width < 1 or img.height < 1:
         raise ImageError("image has zero size")

@@ -24,7 +24,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except PixdeployError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
+            click.secho(printable(f"error: {e}"), fg="red", err=True)
             sys.exit(1)
         except ModuleNotFoundError as e:
             extra = EXTRAS.get((e.name or "").split(".")[0])
@@ -33,7 +33,7 @@ class Group(click.Group):
             click.secho(f"error: this command needs {e.name}: pip install \"pixdeploy[{extra}]\"", fg="red", err=True)
             sys.exit(1)
         except OSError as e:  # disk full, permission denied, ...: the user's environment, not a bug
-            click.secho(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), fg="red", err=True)
+            click.secho(printable(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": ")), fg="red", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -42,8 +42,14 @@ class Group(click.Group):
             # A bad option value is a user error like any other: one line (click would print the usage
             # block and a hint first), with click's exit status 2 and where to read more.
             where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
-            click.secho(f"error: {e.format_message()}{where}", fg="red", err=True)
+            click.secho(printable(f"error: {e.format_message()}{where}"), fg="red", err=True)
             sys.exit(e.exit_code)
+
+
+def printable(text: str) -> str:
+    """Text safe to print: a file name that is not valid UTF-8 reaches Python as surrogate escapes,
+    which a UTF-8 stream refuses; its undecodable bytes are shown as U+FFFD instead."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @click.group(cls=Group)

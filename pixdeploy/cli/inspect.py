@@ -70,6 +70,7 @@ def inspect(bundle):
 
     b = Bundle(bundle)  # the verification every loader runs: refused here exactly when generate/embed refuse
     graphs_loaded = load_graphs(b)  # ...and the graphs load, before a line of the report is printed
+    parity = read_parity(b)
     m = b.manifest
     cfg = b.config
     click.echo(f"{b.path}: {m['format']} v{m['format_version']}, {m.get('producer', '?')}, "
@@ -92,7 +93,6 @@ def inspect(bundle):
         for line in describe_custom_ops(b.graph_path(name)):
             click.echo(f"    {line}")
     click.echo(graphs_loaded)
-    parity = read_parity(b)
     if parity:
         click.echo(f"parity ({parity['precision']}): {'passed' if parity['passed'] else 'FAILED'}")
         for name, value in parity["checks"]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import FiniteFloat, image_list, main
+from pixdeploy.cli import FiniteFloat, image_list, main, printable
 from pixdeploy.errors import ContextLimitWarning, PixdeployError
 
 
@@ -37,7 +37,7 @@ def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, 
 
     pipe = Pipeline.load(bundle, backend=backend, device=device)
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    paths = image_list(images)
+    paths = image_list(images, read=stream)  # streamed output starts at once: a bad image must fail first
     with warnings_as_lines():
         _generate(pipe, paths, prompt, kw, stream, batch_size)
 
@@ -61,7 +61,7 @@ def warnings_as_lines():
 def _generate(pipe, paths, prompt, kw, stream, batch_size):
     if stream:
         for p in paths:
-            click.echo(f"{p}\t", nl=False)
+            click.echo(printable(f"{p}\t"), nl=False)
             for piece in pipe.stream(p, prompt, **kw):
                 click.echo(piece, nl=False)
             click.echo()
@@ -69,7 +69,7 @@ def _generate(pipe, paths, prompt, kw, stream, batch_size):
         for i in range(0, len(paths), batch_size):
             chunk = paths[i : i + batch_size]
             for p, text in zip(chunk, pipe.generate_batch(chunk, prompt, **kw)):
-                click.echo(f"{p}\t{text}")
+                click.echo(printable(f"{p}\t{text}"))
 
 
 @main.command()
@@ -97,6 +97,6 @@ def embed(bundle, images, out, backend, device):
             from safetensors.numpy import save_file
 
             save_file({"window_embeddings": vectors}, str(tmp), metadata={"images": "\n".join(map(str, paths))})
-    click.echo(f"{out}: {vectors.shape[0]} images x {vectors.shape[1]} windows x {vectors.shape[2]}")
+    click.echo(printable(f"{out}: {vectors.shape[0]} images x {vectors.shape[1]} windows x {vectors.shape[2]}"))
 
 

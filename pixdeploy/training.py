@@ -19,8 +19,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pixdeploy.checkpoint import (CKPT_DIR, Checkpoint, find_checkpoint, optimizer_from_flat, optimizer_to_flat,
-                                  save_checkpoint)
+from pixdeploy.checkpoint import (
+    CKPT_DIR,
+    Checkpoint,
+    find_checkpoint,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+)
 from pixdeploy.config import ModelConfig
 from pixdeploy.data import BatchStream, Example, holdout_split, load_data, make_loader, require_readable
 from pixdeploy.errors import CheckpointError, PixdeployError

@@ -37,10 +37,10 @@ def parity(bundle, checkpoint, parity_images, steps):
     from pixdeploy.export.parity import check_parity, default_parity_images
     from pixdeploy.runtime import Pipeline
 
+    images = image_list(parity_images, read=True) if parity_images else default_parity_images()
     pipe = Pipeline.load(bundle, device="cpu")
     model = Checkpoint(checkpoint).load_model()
-    result = check_parity(model, pipe, image_list(parity_images, read=True) if parity_images else default_parity_images(),
-                          steps=steps)
+    result = check_parity(model, pipe, images, steps=steps)
     click.echo(result.table())
     if not result:
         raise PixdeployError("parity failed: " + ", ".join(c.name for c in result.failures))

@@ -44,6 +44,8 @@ def read_images(model, tokenizer, examples, batch_size: int = 50) -> list[tuple[
 
 
 def prepare_workdir(workdir: Path, force: bool) -> None:
+    if workdir.exists() and not workdir.is_dir():
+        raise PixdeployError(f"{workdir} exists and is not a folder; choose another --workdir")
     if workdir.exists() and any(workdir.iterdir()):
         if not force:
             raise PixdeployError(f"{workdir} already exists; pass --force to replace an earlier demo "

@@ -243,6 +243,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
     out = Path(out)
     d = setup_dist()
     existing = check_run_dir(out, resume, echo if d.main else None)
+    d.barrier()  # every rank has seen the folder as it was before rank 0 writes into it
     data_kw = dict(kind=data_kind, allow_outside_root=allow_outside_root)
     dataset = load_data(data, image_root, **data_kw)
     examples = dataset.examples

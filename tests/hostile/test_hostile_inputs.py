@@ -99,6 +99,9 @@ COMMANDS: dict[str, dict] = {
         "image": lambda v, g: ["export", g.checkpoint, "-o", v.parent / "bundle", "--images", v],
         "out_dir": lambda v, g: ["export", g.checkpoint, "-o", v, "--force"],
     },
+    "demo": {
+        "out_dir": lambda v, g: ["demo", "--workdir", v, "--force"],
+    },
     "train": {
         "data": lambda v, g: ["train", "--data", v, "--out", v.parent / "run", *QUICK_TRAIN],
         "out_dir": lambda v, g: ["train", "--data", g.data, "--out", v, *QUICK_TRAIN],
@@ -330,10 +333,11 @@ DATA_INPUTS = [
      r"no usable examples in .*\(2 skipped; first: .*0\.png: broken symlink or symlink loop", 1),
 ]
 OUT_DIR_INPUTS = [
-    ("user folder", user_folder, r"notes exists and is not a pixdeploy bundle|notes is not empty", 1),
+    ("user folder", user_folder, r"notes (exists and )?is not (a pixdeploy|empty)", 1),
     ("a regular file", lambda c, g: write(c / "file.txt", "keep me"), r"file\.txt exists and is not a", 1),
     ("previous run without meta.json", run_without_meta,
-     r"holds checkpoint, metrics\.jsonl|exists and is not a pixdeploy bundle", 1),
+     r"run (is not empty \(holds checkpoint, metrics\.jsonl\)|exists and is not a pixdeploy bundle"
+     r"|is not a pixdeploy demo)", 1),
 ]
 OUT_FILE_INPUTS = [
     ("a directory", lambda c, g: (c / "X.npy").mkdir() or c / "X.npy", r"X\.npy is a directory; give a file path$", 1),

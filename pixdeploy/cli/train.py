@@ -86,6 +86,8 @@ def report_training(summary: dict) -> None:
         click.echo(f"skipped {len(summary['skipped'])} unreadable file(s) or unusable line(s):", err=True)
         for line in summary["skipped"][:10]:
             click.echo(f"  {line}", err=True)
+        if len(summary["skipped"]) > 10:  # counted in full, listed in part
+            click.echo(f"  ... and {len(summary['skipped']) - 10} more", err=True)
     click.echo(f"checkpoint: {summary['checkpoint']}")
 
 

@@ -174,3 +174,14 @@ def test_inspect_verifies_before_it_reports(tiny_bundle):
     assert result.exit_code == 0
     assert "graphs: verified and loaded (onnxruntime, CPU)" in result.output
     assert "parity (fp32): passed" in result.output
+
+
+def test_a_run_says_how_it_read_the_data_and_names_what_it_skipped(tmp_path, images):
+    data = mixed(tmp_path, images, [f"<|image|>{p.name}<|/image|> {i}" for i, p in enumerate(images)]
+                 + ["<|image|>../secret.png<|/image|> escapes", "half <|image|>0.png"])
+    result = run("train", "--data", data, "--out", tmp_path / "run", *QUICK)
+    assert result.exit_code == 0, result.output
+    assert f"data: {data}: mixed text file, 6 examples (images under {tmp_path}); 2 line(s) skipped" in result.output
+    assert "skipped 2 unreadable file(s) or unusable line(s):" in result.output
+    assert f"  {data}:7: image path '../secret.png' leaves the image root" in result.output
+    assert f"  {data}:8: unclosed <|image|> tag" in result.output

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,10 @@ class Bundle:
         and an embeddings table of the configured shape. Raises one BundleError naming what is wrong."""
         files = self._field("files", dict)
         for name, info in files.items():
-            if Path(name).name != name or name in ("", ".", ".."):  # a manifest must not point outside
-                raise BundleError(f"damaged bundle {self.path}: manifest lists {name!r}, not a file name")
+            norm = os.path.normpath(name) if isinstance(name, str) and name else ".."
+            if os.path.isabs(name) or norm == ".." or norm.startswith(".." + os.sep) or norm == ".":
+                # a manifest must not make a reader open files outside the bundle
+                raise BundleError(f"damaged bundle {self.path}: manifest lists {name!r}, a path outside the bundle")
             f = self.path / name
             if not f.is_file():
                 raise BundleError(f"damaged bundle {self.path}: {name} is missing")

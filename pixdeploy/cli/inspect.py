@@ -62,6 +62,17 @@ def read_parity(bundle) -> dict | None:
         raise BundleError(f"damaged bundle {bundle.path}: parity.json unreadable ({e!r})") from None
 
 
+def export_profile(bundle):
+    """The export target the manifest records (which runtimes can parse the graphs)."""
+    from pixdeploy.export.profiles import bundle_profile
+    from pixdeploy.runtime.bundle import BundleError
+
+    try:
+        return bundle_profile(bundle.manifest)
+    except (AttributeError, TypeError):  # a manifest edited by hand: one line, not a traceback
+        raise BundleError(f"damaged bundle {bundle.path}: manifest.json export_profile is malformed") from None
+
+
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 def inspect(bundle):
@@ -71,6 +82,7 @@ def inspect(bundle):
     b = Bundle(bundle)  # the verification every loader runs: refused here exactly when generate/embed refuse
     graphs_loaded = load_graphs(b)  # ...and the graphs load, before a line of the report is printed
     parity = read_parity(b)
+    profile = export_profile(b)
     m = b.manifest
     cfg = b.config
     click.echo(f"{b.path}: {m['format']} v{m['format_version']}, {m.get('producer', '?')}, "
@@ -80,6 +92,7 @@ def inspect(bundle):
                f"text vocab {cfg.text_vocab}, context {cfg.max_seq_len}")
     onnx_info = m.get("onnx") if isinstance(m.get("onnx"), dict) else {}  # descriptive only: never trusted
     click.echo(f"onnx: opset {onnx_info.get('opset', '?')}, IR {onnx_info.get('ir_version', '?')}")
+    click.echo(f"export target: {profile.name} ({profile.suits})")
     for name, g in b.graphs.items():
         size = b.graph_path(name).stat().st_size
         click.echo(f"  {g['file']} ({size / 1e6:.1f} MB): {g.get('purpose', '?')}")
@@ -93,6 +106,10 @@ def inspect(bundle):
         for line in describe_custom_ops(b.graph_path(name)):
             click.echo(f"    {line}")
     click.echo(graphs_loaded)
+    from pixdeploy.runtime.tensorrt_backend import describe_engines
+
+    for line in describe_engines(b.path):  # TensorRT engines built into the bundle, if any
+        click.echo(line)
     if parity:
         click.echo(f"parity ({parity['precision']}): {'passed' if parity['passed'] else 'FAILED'}")
         for name, value in parity["checks"]:

@@ -286,7 +286,7 @@ BUNDLE_INPUTS = [
     ("no files field", edit_manifest(lambda m: m.pop("files")), r"manifest\.json has no 'files' field", 1),
     ("config a string", edit_manifest(lambda m: m.update(config="tiny")), r"no 'config' field of the right kind", 1),
     ("file outside", edit_manifest(lambda m: m["files"].update({"../x": {"sha256": "0"}})),
-     r"lists '\.\./x', not a file name", 1),
+     r"lists '\.\./x', a path outside the bundle", 1),
     ("graph unlisted", edit_manifest(lambda m: m["graphs"]["decoder"].update(file="other.onnx")),
      r"not among the checksummed", 1),
     ("config nan", edit_manifest(lambda m: m["config"].update(norm_eps=float("nan"))),

@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import os
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from tqdm import tqdm
 import pixdeploy.model as model_module
 from benchmarks.gpu.flops import decoder_flops, image_block_flops, training_step_flops
 from benchmarks.gpu.measure import copy_bandwidth, device_name, matmul_peak, synchronize, time_calls
+from benchmarks.gpu.report import goals, summary
 from pixdeploy.config import PRESETS, preset
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import staged_file
@@ -115,7 +115,9 @@ class Context:
         return out
 
     def peak_for(self, dtype_name: str) -> tuple[str, float]:
-        """The measured matmul peak of that dtype, else the highest measured."""
+        """The measured matmul peak of that dtype, else the highest measured (NaN without a peaks stage)."""
+        if not self.matmul_tflops:
+            return "none", float("nan")
         if dtype_name in self.matmul_tflops:
             return dtype_name, self.matmul_tflops[dtype_name]
         best = max(self.matmul_tflops, key=self.matmul_tflops.get)
@@ -189,8 +191,6 @@ def cuda_graphed(fn, static_inputs: list[torch.Tensor]):
 def stage_peaks(ctx: Context) -> dict:
     p = ctx.plan
     dtypes = ("bf16", "fp16", "fp32") if p.cuda else ("fp32",)
-    if p.cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 peak is IEEE fp32, as the fp32 stages run
     matmul = {}
     for name in dtypes:
         n = p.matmul_n // 2 if p.cuda and name == "fp32" else p.matmul_n  # fp32 is ~15x slower on a GPU
@@ -325,10 +325,13 @@ def stage_image_block(ctx: Context) -> dict:
                     else:
                         call = lambda x, f=fn: f(*x)
                     row.update(time_calls(call, inputs, p.device, p.iters, p.warmup))
-            except (RuntimeError, torch.OutOfMemoryError) as e:  # one variant failing must not hide the rest
+            except Exception as e:  # recorded in the report: one variant failing must not hide the others
                 row["error"] = first_line(e)
                 rows.append(row)
                 continue
+            finally:
+                if p.cuda:  # graph pools and compiled buffers of one variant must not crowd the next
+                    torch.cuda.empty_cache()
             peak_dtype, peak = ctx.peak_for(dtype_name)
             row["ms_per_image"] = row["p50_ms"] / batch
             row["tflops"] = flops / (row["p50_ms"] / 1e3) / 1e12
@@ -404,12 +407,12 @@ def stage_window_attention(ctx: Context) -> dict:
                     row.update(time_calls(fn, inputs, p.device, p.iters, p.warmup))
                 if backend not in (None, "flash-causal"):
                     backends[backend.name.lower()] = backends.get(backend.name.lower(), []) + [name]
-            except RuntimeError as e:
-                row["error"] = first_line(e)  # e.g. flash: "No available kernel" with a boolean mask
+            except Exception as e:  # recorded: e.g. flash has no kernel for a boolean mask
+                row["error"] = first_line(e)
             rows.append(row)
         # One query per window (the last image layer): SDPA on one mask row vs the Triton form.
         q1 = q[rows_idx, :, last][:, :, None]
-        last_in = [(q1, k, v, valid, last)]
+        last_in = [(q1, k, v, valid, last)] + [tuple(t.roll(r, 0) for t in (q1, k, v, valid, last)) for r in (1, 2)]
         want = ref[rows_idx, :, last][:, :, None]
         one = {"sdpa one-query": None}
         if ok_triton:
@@ -423,11 +426,11 @@ def stage_window_attention(ctx: Context) -> dict:
                        "max_abs_err_vs_fp32": float((fn(last_in[0]).float() - want).abs().max()),
                        **time_calls(fn, last_in, p.device, p.iters, p.warmup)}
             rows.append(row)
-    default_order = [b.name.lower() for b in sdpa_backends(p.device)]
-    ran_fp32 = [b for b in default_order if "fp32" in backends.get(b, [])]
+    # SDPA's dispatcher takes the first backend in its priority order that accepts the inputs.
+    order = [b.name.lower() for b in sdpa_backends(p.device)]
+    default = {d: next((b for b in order if d in backends.get(b, [])), None) for d in dtypes}
     return {"mask": "boolean (windows, 1, P, P): causal & (key valid | own position)",
-            "sdpa_backends_that_ran": backends, "sdpa_priority": default_order,
-            "sdpa_default_backend_fp32": ran_fp32[0] if ran_fp32 else None,
+            "sdpa_backends_that_ran": backends, "sdpa_priority": order, "sdpa_default_backend": default,
             "triton": "ran" if ok_triton else why_not, "rows": rows}
 
 
@@ -575,7 +578,7 @@ def stage_onnx(ctx: Context) -> dict:
     providers = [x for x in ("CUDAExecutionProvider", "CPUExecutionProvider") if x in available]
     out = {"onnxruntime": ort.__version__, "providers_available": available, "providers_used": providers,
            "graphs": {}}
-    n = min(2, len(ctx.images))
+    n = 2 if p.smoke else 1  # a paper-size image takes seconds through PyTorch on the CPU
     images, sizes = ctx.images[:n], ctx.sizes[:n]
     with tempfile.TemporaryDirectory() as tmp:
         for spec in graph_specs(ctx.cfg):
@@ -606,7 +609,7 @@ def stage_onnx(ctx: Context) -> dict:
             with torch.no_grad():
                 want = ref_fn()
                 timed = interleaved({"onnxruntime": lambda s=sess, f=feed: s.run(None, f), "torch_cpu_eager": ref_fn},
-                                    iters=max(3, p.iters // 3), warmup=1)
+                                    iters=3 if not p.smoke else p.iters, warmup=1)
             out["graphs"][spec.name] = {"export_s": export_s, "batch": n, "vs_torch_fp32_cpu": compare(got, want),
                                         "timing": timed, "speedup_vs_torch_cpu_p50":
                                         timed["torch_cpu_eager"]["p50_ms"] / timed["onnxruntime"]["p50_ms"]}
@@ -663,55 +666,6 @@ def run_suite(plan: Plan, stages: tuple[str, ...]) -> dict:
     return report
 
 
-def summary(report: dict) -> str:
-    """The short table printed last: one line per headline number."""
-    s = report["stages"]
-    lines = [f"{report['device_name']} — preset {report['preset']}{' (smoke)' if report['smoke'] else ''}",
-             f"{'stage':<17}{'what':<46}{'p50 ms':>10}  result"]
-
-    def row(stage, what, ms, result):
-        ms_txt = f"{ms:>10.3f}" if isinstance(ms, float) and math.isfinite(ms) else f"{'-':>10}"
-        lines.append(f"{stage:<17}{what[:45]:<46}{ms_txt}  {result}")
-
-    for name, stage in s.items():
-        if "skipped" in stage and len(stage) == 1:
-            row(name, "skipped", None, stage["skipped"])
-    if "matmul" in s.get("peaks", {}):
-        for dt, m in s["peaks"]["matmul"].items():
-            row("peaks", f"matmul {dt} n={m['n']}", m["p50_ms"], f"{m['tflops_p50']:.1f} TFLOP/s")
-        c = s["peaks"]["copy"]
-        row("peaks", f"copy {c['bytes'] >> 20} MiB", c["p50_ms"], f"{c['gbps_p50']:.0f} GB/s")
-    for prec, r in s.get("train", {}).get("runs", {}).items():
-        row("train", f"{prec} batch {r['batch']}, {r['steps']} steps", r["p50_ms"],
-            f"loss {r['loss_first']:.2f}->{r['loss_last']:.2f} finite={r['all_finite']} "
-            f"{r['pixel_tokens_per_s']:,.0f} px tok/s {r['tflops']:.2f} TFLOP/s ({r['fraction_of_peak']:.0%} of peak)")
-    for r in s.get("image_block", {}).get("rows", []):
-        res = r.get("error") or f"{r['tflops']:.2f} TFLOP/s, {r['fraction_of_peak']:.0%} of {r['peak_dtype']} peak"
-        row("image_block", f"batch {r['batch']} {r['variant']}", r.get("p50_ms"), res)
-    wa = s.get("window_attention", {})
-    for r in wa.get("rows", []):
-        res = r.get("error") or (f"max err {r['max_abs_err_vs_fp32']:.1e}" if "max_abs_err_vs_fp32" in r else "")
-        row("window_attn", f"{r['dtype']} {r['variant']}", r.get("p50_ms"), res)
-    if wa.get("rows"):
-        row("window_attn", "SDPA backends that ran (dtypes)", None, json.dumps(wa["sdpa_backends_that_ran"]))
-    for r in s.get("decoder", {}).get("rows", []):
-        extra = f", {r['per_token_vs_bound']:.2f}x the weight-streaming bound" if "per_token_vs_bound" in r else ""
-        if "greedy_matches_eager" in r:
-            extra += f", greedy same as eager: {r['greedy_matches_eager']}"
-        row("decoder", f"batch {r['batch']} {r['variant']}", r["p50_ms"], f"{r['tokens_per_s']:,.0f} tok/s{extra}")
-    for prec in ("bf16", "fp16"):
-        r = s.get("parity", {}).get(prec)
-        if r:
-            row("parity", f"{prec} vs fp32", None,
-                f"embed cos {r['embed_cosine_min']:.5f}, logits max|d| {r['logits_max_abs']:.3g}, "
-                f"greedy {r['greedy_token_agreement']:.0%} tokens / {r['greedy_sequences_identical']:.0%} seqs")
-    for g, r in s.get("onnx", {}).get("graphs", {}).items():
-        row("onnx", f"{g} onnxruntime {'+'.join(p[:-17] for p in s['onnx']['providers_used'])}",
-            r["timing"]["onnxruntime"]["p50_ms"],
-            f"max|d| {r['vs_torch_fp32_cpu']['max_abs']:.1e}, {r['speedup_vs_torch_cpu_p50']:.2f}x torch CPU")
-    return "\n".join(lines)
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu.suite", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
@@ -742,6 +696,7 @@ def main(argv=None) -> int:
         device = torch.device(args.device)
         plan = make_plan(args.preset, device, args.smoke, args.train_steps, args.train_batch)
         report = run_suite(plan, tuple(args.stages))
+        report["goals"] = goals(report)
         path = out_dir / f"gpu_suite_{args.preset}_{device.type}{'_smoke' if args.smoke else ''}.json"
         with staged_file(path) as tmp:
             tmp.write_text(json.dumps(report, indent=2))

@@ -47,12 +47,16 @@ def make_plan(preset_name: str, device: torch.device, smoke: bool, train_steps: 
               train_batch: int | None) -> Plan:
     if smoke:
         # Small enough for CI on two cores; the decoder graph's export is left to tests/export.
-        plan = Plan(preset_name, device, True, 8, 4, (1, 4), (1, 2), 5, 1, 512, 16 << 20,
+        plan = Plan(preset_name, device, True, train_steps=8, train_batch=4, image_batches=(1, 4),
+                    decode_batches=(1, 2), iters=5, warmup=1, matmul_n=512, copy_bytes=16 << 20,
                     greedy_steps=8, parity_images=4, onnx_graphs=("image_encoder",))
     else:
         # Batch 4 at 224x224 is about 200k pixel tokens a step and fits 80 GB with bf16 activations.
-        plan = Plan(preset_name, device, False, 300, 4, (1, 8, 32), (1, 8), 30, 5,
-                    8192 if device.type == "cuda" else 1024, (1 << 30) if device.type == "cuda" else 256 << 20)
+        # Matmul and copy sizes far past the GPU's 50 MB L2 cache.
+        cuda = device.type == "cuda"
+        plan = Plan(preset_name, device, False, train_steps=300, train_batch=4, image_batches=(1, 8, 32),
+                    decode_batches=(1, 8), iters=30, warmup=5, matmul_n=8192 if cuda else 1024,
+                    copy_bytes=(1 << 30) if cuda else 256 << 20)
     changes = {k: v for k, v in (("train_steps", train_steps), ("train_batch", train_batch)) if v is not None}
     return Plan(**{**plan.__dict__, **changes})
 

@@ -76,7 +76,10 @@ def stage_image_block(ctx: Context) -> dict:
             row["fraction_of_peak"] = row["tflops"] / peak
             row["peak_dtype"] = peak_dtype
             rows.append(row)
-    return {"flops_per_image": image_block_flops(ctx.cfg, 1), "rows": rows, "skipped": skipped}
+    return {"flops_per_image": image_block_flops(ctx.cfg, 1), "rows": rows, "skipped": skipped,
+            "attention": "sdpa rows: SDPA's own choice for the boolean window mask (flash takes none; the "
+                         "window_attention stage says which backend that is); triton rows: the mask is built "
+                         "inside the fused kernel"}
 
 
 def real_attention_inputs(ctx: Context, batch: int, dtype: torch.dtype):

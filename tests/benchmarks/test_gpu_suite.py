@@ -95,6 +95,20 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_image_block_flop_count_is_the_designs():
+    """DESIGN.md: about 3.7 TFLOP per 224x224 image through the paper's 5 image layers."""
+    import importlib.util
+
+    from pixdeploy.config import preset
+
+    spec = importlib.util.spec_from_file_location("gpu_suite_flops", ROOT / "benchmarks" / "gpu" / "flops.py")
+    flops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flops)
+    per_image = flops.image_block_flops(preset("paper-120m"), 1)
+    assert 3.5e12 < per_image < 3.8e12, per_image
+    assert flops.image_block_flops(preset("paper-120m"), 8) == 8 * per_image
+
+
 def test_out_that_is_a_file_is_refused(tmp_path):
     target = tmp_path / "results.json"
     target.write_text("keep me")

@@ -20,11 +20,18 @@ def _attention_per_query(cfg: ModelConfig, keys: float) -> float:
     return 2 * 2 * cfg.n_heads * cfg.head_dim * keys  # scores and weighted sum
 
 
-def image_block_flops(cfg: ModelConfig, n_images: int) -> float:
-    """Every pixel through every image layer; a pixel sees (P + 1) / 2 keys on average."""
+def image_block_flops(cfg: ModelConfig, n_images: int, pruned_last_layer: bool = False) -> float:
+    """Every pixel through every image layer; a pixel sees (P + 1) / 2 keys on average. With
+    ``pruned_last_layer`` the last layer projects keys and values for every pixel but runs its query,
+    output projection and MLP for one pixel per window, which sees at most P keys (counted as P)."""
     tokens = n_images * cfg.image_size**2
     per_token = _linear_per_token(cfg) + _attention_per_query(cfg, (cfg.window_tokens + 1) / 2)
-    return tokens * cfg.image_layers * per_token
+    if not pruned_last_layer:
+        return tokens * cfg.image_layers * per_token
+    windows = n_images * cfg.n_windows
+    kv = 2 * cfg.dim * 2 * cfg.n_kv_heads * cfg.head_dim
+    one_row = _linear_per_token(cfg) - kv + _attention_per_query(cfg, cfg.window_tokens)
+    return tokens * (cfg.image_layers - 1) * per_token + tokens * kv + windows * one_row
 
 
 def decoder_flops(cfg: ModelConfig, batch: int, new_tokens: int, context_before: int = 0,

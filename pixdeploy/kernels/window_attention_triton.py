@@ -10,6 +10,9 @@ Two entry points:
 - `window_attention_last(q, k, v, key_valid, last)`: one query per window, at its last valid pixel (the
   last image layer, where only that pixel's state leaves the block).
 
+`compile_ahead_of_time` builds either kernel for a GPU architecture without a GPU present (the cubin a
+TensorRT plugin ships).
+
 Shapes: q (NW, H, P, D), k/v (NW, K, P, D) with H a multiple of K, key_valid (NW, P) bool. Softmax runs in
 fp32 (exp2 with the scale folded in); 16-bit inputs feed the tensor cores as 16-bit, like flash attention.
 Triton is optional (CUDA machines get it with torch): without it `is_available()` is False and the model
@@ -215,3 +218,40 @@ def window_attention_last_sdpa(q, k, v, key_valid, last):
     mask = (idx[None, :] <= last[:, None]) & (key_valid | own)  # (NW, P)
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :],
                                                             enable_gqa=True)
+
+
+_TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def compile_ahead_of_time(arch: int, dtype: torch.dtype, group: int, head_dim: int, one_query: bool = False,
+                          config_index: int = 0):
+    """Compile a kernel for CUDA compute capability ``arch`` (90: H100, 87: Jetson AGX Orin) with no GPU
+    needed; returns Triton's compiled kernel (``.asm["cubin"]``, ``.asm["ptx"]``, ``.metadata``).
+    ``config_index`` picks one of the autotuned block configurations of the full form."""
+    if triton is None:
+        raise PixdeployError("compiling the window-attention kernels needs triton (pip install triton)")
+    if interpreting():
+        raise PixdeployError("TRITON_INTERPRET is set: kernels are interpreted, not compiled")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = _window_attention_last_kernel if one_query else _window_attention_kernel.fn
+    pointers = {"Q", "K", "V", "OUT"}
+    constexprs = {"GROUP": group, "BLOCK_D": max(16, triton.next_power_of_2(head_dim))}
+    options = {}
+    if one_query:
+        constexprs["BLOCK_N"] = 64
+    else:
+        config = _CONFIGS[config_index]
+        constexprs |= {"DOT_PRECISION": _dot_precision(dtype), **config.kwargs}
+        options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in pointers:
+            signature[name] = "*" + _TRITON_DTYPES[dtype]
+        else:
+            signature[name] = {"VALID": "*i1", "LAST": "*i64", "scale_log2": "fp32"}.get(name, "i32")
+    source = ASTSource(kernel, signature, constexprs=constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)

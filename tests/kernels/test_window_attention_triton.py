@@ -98,6 +98,25 @@ def test_model_uses_the_kernel_at_inference_and_agrees(tiny_cfg):
     torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
 
 
+# ---- compiled for GPUs, without one ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"), reason="TRITON_INTERPRET is set")
+@pytest.mark.parametrize("arch,dtype,one_query", [
+    (90, torch.bfloat16, False),  # H100, the paper's heads (12 over 6) and head dim 64
+    (87, torch.float16, False),  # Jetson AGX Orin
+    (90, torch.float32, True),
+])
+def test_kernels_compile_for_gpus_ahead_of_time(arch, dtype, one_query):
+    """Triton's full compiler (type checks, lowering, ptxas) accepts the kernels for real GPU targets:
+    what the interpreter cannot check. It says nothing of their speed."""
+    from pixdeploy.kernels import window_attention_triton as kernels
+
+    compiled = kernels.compile_ahead_of_time(arch, dtype, group=2, head_dim=64, one_query=one_query)
+    assert len(compiled.asm["cubin"]) > 1000
+    assert f".target sm_{arch}" in compiled.asm["ptx"]
+
+
 # ---- on the CPU, through Triton's interpreter ------------------------------------------------------------
 # Triton picks the interpreter when it is first imported, so these cases run in a child process started
 # with TRITON_INTERPRET=1 (this file run as a script); each case's outcome comes back as one JSON line.

@@ -2,8 +2,8 @@
 
 Same contract as `pixdeploy.model.window_attention_sdpa` (the reference it is tested against), without
 materialising a (windows, P, P) boolean mask: the mask is computed in the kernel from the key-valid flags,
-so every SDPA backend's restriction on boolean masks (flash attention takes none) stops mattering. This is
-also the kernel a TensorRT plugin for ``pixdeploy::WindowAttention`` carries.
+so every SDPA backend's restriction on boolean masks (flash attention takes none) stops mattering. It is
+also the kernel a TensorRT plugin for ``pixdeploy::WindowAttention`` would carry.
 
 Two entry points:
 - `window_attention(q, k, v, key_valid)`: every pixel of every window queries (the image block).

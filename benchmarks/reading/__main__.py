@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.reading.report import plot, table
+from benchmarks.reading.report import figure_class, plot, table
 from benchmarks.reading.run import MODELS, PLANS, run_benchmark
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import staged_dir
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = args.out or default_out(args.scale)
     try:
+        figure_class()
         with staged_dir(out, replace=args.force, what="reading benchmark result folder",
                         is_replaceable=is_reading_output, echo=print) as tmp, \
                 tempfile.TemporaryDirectory(prefix="pixdeploy-reading-") as work:

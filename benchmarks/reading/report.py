@@ -41,18 +41,22 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path: Path) -> None:
-    """Accuracy against font size, one line per model and metric. Needs matplotlib (the `bench` extra)."""
+def figure_class():
+    """matplotlib's `Figure`, used without pyplot (no global backend state, no display needed). Called
+    before training too, so that a missing matplotlib is reported before the work, not after it."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only; no display on servers and CI
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         from pixdeploy.errors import PixdeployError
 
-        raise PixdeployError('the plot needs matplotlib: pip install "pixdeploy[bench]"') from None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+        raise PixdeployError('the reading benchmark plots with matplotlib: pip install "pixdeploy[bench]"') from None
+    return Figure
+
+
+def plot(result: dict, path: Path) -> None:
+    """Accuracy against font size, one line per model and metric."""
+    fig = figure_class()(figsize=(9, 3.6))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, metric, title in zip(axes, ("exact", "chars"), ("exact match", "character accuracy")):
         for name, r in result["models"].items():
             sizes = [int(s) for s in r["by_font_size"]]
@@ -65,4 +69,3 @@ def plot(result: dict, path: Path) -> None:
     axes[1].legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

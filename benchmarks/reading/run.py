@@ -60,7 +60,7 @@ PLANS: dict[str, Plan] = {
         task=task.TaskConfig(image_size=64),
         model=ModelConfig(dim=48, n_heads=2, n_kv_heads=1, n_layers=4, image_layers=2, mlp_hidden=144, fold=64,
                           image_size=64, window=8, max_seq_len=96, rope_theta=10000.0, rope_llama31_scaling=False),
-        n_train=6400, n_heldout=420, steps=400, batch_size=16, lr=1e-3, warmup=40,
+        n_train=12800, n_heldout=420, steps=800, batch_size=16, lr=1e-3, warmup=80,
     ),
     # A GPU: larger images, the paper's 16-pixel windows, wider models, more data and steps.
     "gpu": Plan(

@@ -11,7 +11,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -22,8 +22,8 @@ from pixdeploy.config import ModelConfig
 from pixdeploy.model import PixTokenLM
 from pixdeploy.training import TrainConfig
 
+# The names double as the encoder kinds of `cost.encoder_flops_formula`.
 MODELS: dict[str, Callable[[ModelConfig], PixTokenLM]] = {"pixel": PixTokenLM, "vit": PatchViTLM}
-ENCODER_KIND = {"pixel": "pixel", "vit": "vit"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,6 @@ class Plan:
     warmup: int
     read_batch: int = 64
     num_workers: int = 1
-    extra: dict = field(default_factory=dict)
 
 
 # The decoder needs only bytes to spell any string it reads: a byte-level tokenizer with no merges
@@ -147,7 +146,7 @@ def run_model(name: str, data: dict, workdir: Path, plan: Plan, seed: int, progr
     return {
         "params": cost.count_params(model),
         "encoder_flops_per_image": cost.encoder_flops(model, ckpt.config),
-        "encoder_flops_formula": cost.encoder_flops_formula(ckpt.config, ENCODER_KIND[name]),
+        "encoder_flops_formula": cost.encoder_flops_formula(ckpt.config, name),
         "train_seconds": train_s, "read_seconds": read_s,
         "final_train_loss": summary["loss"],
         "heldout_word_loss": summary.get("eval_word_loss"), "heldout_pixel_loss": summary.get("eval_pixel_loss"),

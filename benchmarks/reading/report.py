@@ -66,6 +66,6 @@ def plot(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("%")
     axes[0].set_ylim(0, 100)
-    axes[1].legend(loc="lower right")
+    axes[1].legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

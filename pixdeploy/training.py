@@ -165,9 +165,10 @@ def build_tokenizer(examples: list[Example], tc: TrainConfig) -> Tokenizer:
 
 def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, *, resume: bool = False,
           eval_data: str | Path | None = None, image_root: str | Path | None = None,
-          progress: bool = True, on_step=None) -> dict:
+          progress: bool = True, on_step=None, model_factory=PixTokenLM) -> dict:
     """Train (or resume) a model; returns a summary of the final state. ``on_step(step)`` is called
-    after every optimizer step (tests use it to interrupt a run)."""
+    after every optimizer step (tests use it to interrupt a run). ``model_factory(cfg)`` builds the
+    model: a `PixTokenLM` subclass with another image encoder trains through the same loop."""
     out = Path(out)
     d = setup_dist()
     examples = load_examples(data, image_root)
@@ -197,7 +198,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
         cfg = cfg.replace(text_vocab=tok.vocab_size)
 
     torch.manual_seed(tc.seed)
-    model = PixTokenLM(cfg).to(d.device)
+    model = model_factory(cfg).to(d.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(

@@ -68,7 +68,22 @@ def apply_rope(x, cos, sin):
 
 
 def window_attention(q, k, v, key_valid):
-    """Causal attention inside each window, never attending to padding.
+    """Causal attention inside each window, never attending to padding (`window_attention_sdpa`).
+
+    At inference on CUDA, with Triton installed, the fused kernel of
+    `pixdeploy.kernels.window_attention_triton` computes the same thing without a (P, P) mask; training
+    (autograd), torch.compile (which fuses on its own) and the CPU keep SDPA.
+    """
+    if q.is_cuda and q.shape[2] == k.shape[2] and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        from pixdeploy.kernels import window_attention_triton as fused  # lazy: Triton is optional
+
+        if fused.is_available("cuda"):
+            return fused.window_attention(q, k, v, key_valid)
+    return window_attention_sdpa(q, k, v, key_valid)
+
+
+def window_attention_sdpa(q, k, v, key_valid):
+    """Causal attention inside each window, never attending to padding: the reference.
 
     q: (NW, H, P, D); k, v: (NW, K, P, D); key_valid: (NW, P) bool. A padding query may attend to
     itself so its row is never empty (its output is never used for a valid pixel).

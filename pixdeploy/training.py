@@ -213,17 +213,15 @@ def check_run_dir(out: Path, resume: bool, echo=None) -> Path | None:
     return None
 
 
-def complete_run_summary(ckpt: Checkpoint, out: Path, d: Dist, tc: TrainConfig) -> dict:
+def complete_run_summary(ckpt: Checkpoint, out: Path, d: Dist, tc: TrainConfig, model_factory=PixTokenLM) -> dict:
     """A resumed run whose checkpoint already reached --steps: nothing to train; the numbers are the
     run's own, read back from its metrics."""
-    from pixdeploy.model import PixTokenLM
-
     last: dict = {}
     for record in read_metrics(out / "metrics.jsonl"):
         if record.get("step", 0) <= ckpt.step:
             last.update(record)
     last["step"] = ckpt.step
-    return {**last, "params": PixTokenLM(ckpt.config).num_params(), "config": ckpt.config.to_dict(),
+    return {**last, "params": model_factory(ckpt.config).num_params(), "config": ckpt.config.to_dict(),
             "processes": d.world, "pixel_tokens_per_s": last.get("pixel_tokens_per_s", 0.0), "skipped": [],
             "checkpoint": str(ckpt.path), "already_complete": True, "steps_asked": tc.steps}
 
@@ -236,10 +234,12 @@ def build_tokenizer(examples: list[Example], tc: TrainConfig) -> Tokenizer:
 def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, *, resume: bool = False,
           eval_data: str | Path | None = None, image_root: str | Path | None = None,
           data_kind: str = "auto", allow_outside_root: bool = False,
-          progress: bool = True, on_step=None, echo=None) -> dict:
+          progress: bool = True, on_step=None, echo=None, model_factory=PixTokenLM) -> dict:
     """Train (or resume) a model; returns a summary of the final state. ``on_step(step)`` is called
     after every optimizer step (tests use it to interrupt a run); ``echo`` receives what the user
-    should know before training starts (how the data was read, temporaries removed)."""
+    should know before training starts (how the data was read, temporaries removed).
+    ``model_factory(cfg)`` builds the model: a `PixTokenLM` subclass with another image encoder trains
+    through the same loop."""
     out = Path(out)
     d = setup_dist()
     existing = check_run_dir(out, resume, echo if d.main else None)
@@ -265,13 +265,13 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
                                   "resume with the same --preset")
         cfg = ckpt.config
         if ckpt.step >= tc.steps:
-            return complete_run_summary(ckpt, out, d, tc)
+            return complete_run_summary(ckpt, out, d, tc, model_factory)
     else:
         tok = build_tokenizer(train_ex, tc)
         cfg = cfg.replace(text_vocab=tok.vocab_size)
 
     torch.manual_seed(tc.seed)
-    model = PixTokenLM(cfg).to(d.device)
+    model = model_factory(cfg).to(d.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(

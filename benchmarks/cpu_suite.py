@@ -50,7 +50,7 @@ def export_encoder(model: PixTokenLM, path: Path, prune: bool) -> ort.InferenceS
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def encoder_rows(name: str, batches: list[int], iters: int, paper_size: int) -> list[dict]:
+def encoder_rows(name: str, batches: list[int], iters: int, paper_size: int, keep=lambda row: None) -> list[dict]:
     cfg = preset(name)
     note = None
     if name == "paper-120m" and paper_size != cfg.image_size:
@@ -89,6 +89,7 @@ def encoder_rows(name: str, batches: list[int], iters: int, paper_size: int) -> 
                                     "ort_pruned_vs_eager_full": p50["eager_full"] / p50["ort_pruned"],
                                     "pruned_vs_full (eager)": p50["eager_full"] / p50["eager_pruned"],
                                     "pruned_vs_full (ort)": p50["ort_full"] / p50["ort_pruned"]}})
+        keep(rows[-1])
         print(f"  {name} batch {batch}: done", file=sys.stderr)
     return rows
 
@@ -168,10 +169,15 @@ def main():
     result = {"machine": rb.machine(), "libraries": rb.library_versions(), "torch_threads": torch.get_num_threads()}
     if "encoder" in args.parts:
         result["encoder"] = []
+
+        def keep(row):  # written after every row: a long run stopped midway keeps what it measured
+            result["encoder"].append(row)
+            write(args.name, result)
+
         for name in args.presets:
             paper = name == "paper-120m"
-            result["encoder"] += encoder_rows(name, args.paper_batches if paper else args.batches,
-                                              args.paper_iters if paper else args.iters, args.paper_image_size)
+            encoder_rows(name, args.paper_batches if paper else args.batches,
+                         args.paper_iters if paper else args.iters, args.paper_image_size, keep)
     if "decoder" in args.parts:
         result["decoder"] = decoder_report(args.iters, args.variants)
     write(args.name, result)

@@ -26,15 +26,16 @@ from pixdeploy.sequence import collect_until_stop, image_prompt
 
 
 class Pipeline:
-    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", device: str = "auto"):
+    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", device: str = "auto", **backend_options):
+        # backend_options: e.g. allow_host_code=True for version-compatible TensorRT engines (an explicit opt-in)
         self.bundle, self.cfg, self.tokenizer = bundle, bundle.config, bundle.tokenizer
-        self.encoder = make_runner(backend, bundle.graph_path("image_encoder"), device)
-        self.decoder = make_runner(backend, bundle.graph_path("decoder"), device)
+        self.encoder = make_runner(backend, bundle.graph_path("image_encoder"), device, **backend_options)
+        self.decoder = make_runner(backend, bundle.graph_path("decoder"), device, **backend_options)
         self.text_embeddings = bundle.text_embeddings()
 
     @classmethod
-    def load(cls, path, backend: str = "onnxruntime", device: str = "auto") -> Pipeline:
-        return cls(Bundle(path), backend, device)
+    def load(cls, path, backend: str = "onnxruntime", device: str = "auto", **backend_options) -> Pipeline:
+        return cls(Bundle(path), backend, device, **backend_options)
 
     # ---- images ----
 

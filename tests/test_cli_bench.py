@@ -51,7 +51,9 @@ def test_bad_input_is_one_line(tiny_bundle, tmp_path):
         f"error: {tmp_path / 'none.json'}: no such file"
     assert run(tiny_bundle, "--variant", "fp16").output.strip() == \
         "error: variant 'fp16' is not available: this pixdeploy runs fp32 bundles only"
-    assert run(tiny_bundle, "--backend", "tensorrt").output.strip().startswith("error: unknown backend 'tensorrt'")
+    assert run(tiny_bundle, "--backend", "nope").output.strip().startswith("error: unknown backend 'nope'")
+    trt = run(tiny_bundle, "--backend", "tensorrt")  # passed through to Pipeline.load; no TensorRT here
+    assert trt.exit_code == 1 and len(trt.output.strip().splitlines()) == 1 and trt.output.startswith("error: ")
     assert run(tiny_bundle, "--batch", "1,x").output.strip() == \
         "error: --batch expects comma-separated integers, got '1,x'"
     for margin in ("nan", "inf", "-5"):

@@ -19,6 +19,7 @@ import torch
 from pixdeploy.export.ops import DOMAIN, VERSION
 from pixdeploy.export.ops.color_fold import ColorFold, color_fold_export
 from pixdeploy.export.ops.window_attention import WindowAttention, window_attention_export
+from pixdeploy.export.ops.window_summary_attention import WindowSummaryAttention, window_summary_attention_export
 from pixdeploy.export.profiles import PROFILES, ExportProfile
 from pixdeploy.export.quiet import quiet_exporter
 from torch import nn
@@ -28,7 +29,7 @@ from pixdeploy.model import PixTokenLM
 
 OPSET = 23  # the fused Attention operator, used by WindowAttention's body
 IR_VERSION = 11  # what opset 23 needs; onnx 1.23 writes 14 by default, which onnxruntime 1.31 cannot read
-CUSTOM_FUNCTIONS = (ColorFold, WindowAttention)
+CUSTOM_FUNCTIONS = (ColorFold, WindowAttention, WindowSummaryAttention)
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,14 @@ def custom_ops():
     """Export-time patch: the model's fold and window attention emit pixdeploy:: nodes."""
     saved = model_module.fold_torch, model_module.window_attention
     model_module.fold_torch, model_module.window_attention = color_fold_export, window_attention_export
+    # The pruned last image layer's one-query-per-window attention (see PixTokenLM.encode_images).
+    saved_summary = model_module.window_summary_attention
+    model_module.window_summary_attention = window_summary_attention_export
     try:
         yield
     finally:
         model_module.fold_torch, model_module.window_attention = saved
+        model_module.window_summary_attention = saved_summary
 
 
 def example_inputs(spec: GraphSpec, cfg) -> tuple:

@@ -113,17 +113,7 @@ def check_parity(model, pipeline, images: list, precision: str = "fp32", steps: 
 
 
 def default_parity_images() -> list:
-    """Real photographs and handwriting shipped with scikit-learn: two photos (wide, letterboxed) and
-    handwritten digits, so parity is measured on real pixel statistics, not random noise."""
-    try:
-        from sklearn.datasets import load_digits, load_sample_images
-    except ImportError:
-        raise PixdeployError("no --images given and scikit-learn (for its sample photos) is not installed; "
-                             "pass --images DIR with a few of your own images") from None
-    from PIL import Image
+    """Real photographs and handwriting shipped with scikit-learn (`pixdeploy.sample_images`)."""
+    from pixdeploy.sample_images import sample_images
 
-    photos = [Image.fromarray(a) for a in load_sample_images().images]
-    digits = load_digits()
-    hand = [Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), "L").resize((40, 32))
-            for i in range(6)]
-    return photos + hand
+    return sample_images()

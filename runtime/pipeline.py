@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from pixdeploy.runtime.backends import make_runner
-from pixdeploy.runtime.bundle import Bundle
+from pixdeploy.runtime.bundle import DEFAULT_VARIANT, Bundle
 from pixdeploy.runtime.sampling import sample
 
 from pixdeploy.config import EOS_ID, IMAGE_SLOT
@@ -26,15 +26,18 @@ from pixdeploy.sequence import collect_until_stop, image_prompt
 
 
 class Pipeline:
-    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", device: str = "auto"):
+    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", device: str = "auto",
+                 variant: str = DEFAULT_VARIANT):
         self.bundle, self.cfg, self.tokenizer = bundle, bundle.config, bundle.tokenizer
-        self.encoder = make_runner(backend, bundle.graph_path("image_encoder"), device)
-        self.decoder = make_runner(backend, bundle.graph_path("decoder"), device)
+        self.variant = variant  # fp32, fp16, int8-tensorrt, int8-cpu: graphs of one precision
+        self.encoder = make_runner(backend, bundle.graph_path("image_encoder", variant), device)
+        self.decoder = make_runner(backend, bundle.graph_path("decoder", variant), device)
         self.text_embeddings = bundle.text_embeddings()
 
     @classmethod
-    def load(cls, path, backend: str = "onnxruntime", device: str = "auto") -> Pipeline:
-        return cls(Bundle(path), backend, device)
+    def load(cls, path, backend: str = "onnxruntime", device: str = "auto",
+             variant: str = DEFAULT_VARIANT) -> Pipeline:
+        return cls(Bundle(path), backend, device, variant)
 
     # ---- images ----
 

@@ -5,10 +5,11 @@ calibration), so each variant is a pair of graphs that any TensorRT, or onnxrunt
 
 - ``fp16`` — exported from the half-precision PyTorch model. The reference model already keeps its
   numerically fragile parts in fp32 (RMSNorm statistics, RoPE tables and rotation, the logits), so
-  exporting it in half precision carries exactly those fp32 islands into the graph, with no list of
-  ops to keep in sync as a graph converter (onnxconverter-common, ModelOpt AutoCast) would need; the
-  custom ops keep their names and bodies. Fused norms and attention carry their fp32 statistics
-  and softmax as attributes (`mark_fp32_islands`).
+  exporting it in half precision carries exactly those fp32 islands into the graph: they are decided
+  in one place, the model's code, rather than in an op block list that a graph converter
+  (onnxconverter-common, ModelOpt AutoCast) needs kept in step with the exporter's output; the custom
+  ops keep their names and bodies. Where the exporter fuses an island into one operator (RMSNorm,
+  attention's softmax), the fp32 precision is an attribute, set explicitly (`mark_fp32_islands`).
   Inputs, outputs and the KV cache stay fp32, so every variant has the same signature.
 - ``int8-tensorrt`` — explicit symmetric Q/DQ (zero point 0): weights per output channel, activations
   per tensor, on the matrix multiplies of both graphs; attention, norms and the KV cache stay float.
@@ -28,6 +29,7 @@ import contextlib
 import copy
 import json
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,7 +47,7 @@ from pixdeploy.export.calibration import (
 )
 from pixdeploy.export.onnx_export import IR_VERSION, graph_specs
 from pixdeploy.export.parity import ParityError, check_parity, default_parity_images
-from pixdeploy.runtime.bundle import DEFAULT_VARIANT, Bundle, BundleError
+from pixdeploy.runtime.bundle import DEFAULT_VARIANT, Bundle
 
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import _TEMP, _pid_alive, sha256, staged_dir, staged_file
@@ -252,8 +254,6 @@ def sweep_orphans(bundle: Bundle, echo) -> None:
         m = _TEMP.match(p.name)
         if p.name in used or (m and _pid_alive(int(m["pid"]))):
             continue
-        import shutil
-
         shutil.rmtree(p) if p.is_dir() else p.unlink()
         echo(f"removed {p.relative_to(bundle.path)}, left by an interrupted run")
 
@@ -350,5 +350,3 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ch
 def _cache_hit(calib_cache) -> bool:
     return calib_cache is not None and Path(calib_cache).is_file()
 
-
-__all__ = ["VARIANTS", "Variant", "choose_variant", "quantize_bundle", "BundleError"]

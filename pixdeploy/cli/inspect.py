@@ -75,7 +75,7 @@ def describe_variants(b) -> list[str]:
         if name == "fp32" and not measured and b.file("parity.json").is_file():  # fp32 records its checks there
             measured = {c["name"]: c["value"] for c in json.loads(b.file("parity.json").read_text())["checks"]}
         rows.append([name, v.get("precision", "?"), v.get("target", "?"), f"{size:.1f}",
-                     *(f"{measured[k]:.4g}" if k in measured else "-" for k in checks)])
+                     *(f"{measured[k]:.6g}" if k in measured else "-" for k in checks)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["variants:"] + ["    " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
 

@@ -16,12 +16,14 @@ import numpy as np
 from pixdeploy.export.onnx_export import IR_VERSION, OPSET, export_graph, graph_specs
 from pixdeploy.export.ops import DOMAIN
 from pixdeploy.export.parity import ParityError, check_parity, default_parity_images
+from pixdeploy.export.profiles import DEFAULT_PROFILE, get_profile
 from pixdeploy.runtime.bundle import FORMAT, FORMAT_VERSION, Bundle
 from pixdeploy.runtime.pipeline import Pipeline
 
 from pixdeploy import __version__
 from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.config import SPECIAL_TOKENS
+from pixdeploy.errors import PixdeployError
 from pixdeploy.files import check_replaceable, sha256, staged_dir
 
 
@@ -41,6 +43,18 @@ def write_manifest(path: Path, cfg, extra: dict) -> None:
     os.replace(tmp, path / "manifest.json")
 
 
+def check_fits_tensorrt(proto, graph: str, profile) -> None:
+    """A TensorRT profile's graphs must fit the operator table of the oldest TensorRT it claims."""
+    if profile.tensorrt_min is None:
+        return
+    from pixdeploy.export.trt_support import unsupported
+
+    problems = unsupported(proto, profile.tensorrt_min)
+    if problems:
+        raise PixdeployError(f"{graph}.onnx does not fit TensorRT {profile.tensorrt_min} (--target {profile.name}): "
+                             + "; ".join(problems))
+
+
 def is_bundle_dir(path: Path) -> bool:
     """A folder this exporter wrote (so --force may replace it): it has a pixdeploy manifest."""
     try:
@@ -49,8 +63,12 @@ def is_bundle_dir(path: Path) -> bool:
         return False
 
 
-def export_bundle(checkpoint, out, images: list | None = None, force: bool = False, echo=print):
-    """Export, check parity, and move into place. Returns (Bundle, ParityResult)."""
+def export_bundle(checkpoint, out, images: list | None = None, force: bool = False, echo=print,
+                  target: str = DEFAULT_PROFILE):
+    """Export, check parity, and move into place. Returns (Bundle, ParityResult).
+
+    ``target`` is the export profile (`pixdeploy.export.profiles`): which operators the graphs may use."""
+    profile = get_profile(target)
     ck = Checkpoint(checkpoint)
     out = Path(out)
     check_replaceable(out, replace=force, what="pixdeploy bundle", is_replaceable=is_bundle_dir)
@@ -58,12 +76,16 @@ def export_bundle(checkpoint, out, images: list | None = None, force: bool = Fal
     cfg = ck.config
     with staged_dir(out, replace=force, what="pixdeploy bundle", is_replaceable=is_bundle_dir, echo=echo) as tmp:
         for spec in graph_specs(cfg):
-            echo(f"exporting {spec.name}.onnx")
-            export_graph(model, spec, tmp / f"{spec.name}.onnx")
+            echo(f"exporting {spec.name}.onnx" + (f" for {profile.name}" if target != DEFAULT_PROFILE else ""))
+            proto = export_graph(model, spec, tmp / f"{spec.name}.onnx", profile)
+            check_fits_tensorrt(proto, spec.name, profile)
         np.save(tmp / "text_embeddings.npy", model.tok_emb.weight.detach().float().numpy(), allow_pickle=False)
         ck.tokenizer.save(tmp / "tokenizer.json")
         source = {"checkpoint": str(ck.path), "checkpoint_step": ck.step}
-        write_manifest(tmp, cfg, {"source": source})
+        # The profile's opset and IR version replace the defaults write_manifest records.
+        recorded = {"source": source, "export_profile": profile.to_dict(),
+                    "onnx": {"opset": profile.opset, "ir_version": profile.ir_version, "custom_domain": DOMAIN}}
+        write_manifest(tmp, cfg, recorded)
 
         echo("checking parity against PyTorch")
         pipeline = Pipeline.load(tmp, device="cpu")
@@ -74,5 +96,5 @@ def export_bundle(checkpoint, out, images: list | None = None, force: bool = Fal
             shutil.copy(tmp / "parity.json", report)
             names = ", ".join(f"{c.name}={c.value:.3g}" for c in result.failures)
             raise ParityError(f"parity gate failed ({names}); no bundle written; details in {report}")
-        write_manifest(tmp, cfg, {"source": source, "parity": {"passed": True, "precision": result.precision}})
+        write_manifest(tmp, cfg, {**recorded, "parity": {"passed": True, "precision": result.precision}})
     return Bundle(out), result

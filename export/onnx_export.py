@@ -19,6 +19,7 @@ import torch
 from pixdeploy.export.ops import DOMAIN, VERSION
 from pixdeploy.export.ops.color_fold import ColorFold, color_fold_export
 from pixdeploy.export.ops.window_attention import WindowAttention, window_attention_export
+from pixdeploy.export.profiles import PROFILES, ExportProfile
 from torch import nn
 
 import pixdeploy.model as model_module
@@ -112,8 +113,10 @@ def name_dims(proto: onnx.ModelProto, spec: GraphSpec) -> None:
                     dim.dim_param = want
 
 
-def finalize(proto: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
-    """Name dims, attach custom-op bodies, pin opset and IR version, name the producer."""
+def finalize(proto: onnx.ModelProto, spec: GraphSpec,
+             profile: ExportProfile = PROFILES["onnxruntime"]) -> onnx.ModelProto:
+    """Name dims, attach custom-op bodies, pin opset and IR version, name the producer, then rewrite the
+    operators for the export profile (`pixdeploy.export.profile_lowering`)."""
     name_dims(proto, spec)
     used = {(n.domain, n.op_type) for n in proto.graph.node}
     for fn in CUSTOM_FUNCTIONS:
@@ -127,11 +130,15 @@ def finalize(proto: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
     from pixdeploy import __version__
 
     proto.producer_version = __version__
+    from pixdeploy.export.profile_lowering import apply_profile
+
+    apply_profile(proto, profile)  # sets the profile's opset and IR version
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
-def export_graph(model: PixTokenLM, spec: GraphSpec, path: Path, wrapper: nn.Module | None = None) -> onnx.ModelProto:
+def export_graph(model: PixTokenLM, spec: GraphSpec, path: Path,
+                 profile: ExportProfile = PROFILES["onnxruntime"], wrapper: nn.Module | None = None) -> onnx.ModelProto:
     # ``wrapper``: another module with the spec's signature (the fp16 variant casts at its edges).
     wrapper = wrapper or (ImageEncoder if spec.name == "image_encoder" else DecoderStep)(model).eval()
     args = example_inputs(spec, model.cfg)
@@ -146,6 +153,6 @@ def export_graph(model: PixTokenLM, spec: GraphSpec, path: Path, wrapper: nn.Mod
             wrapper, args, dynamo=True, opset_version=OPSET, input_names=list(spec.inputs),
             output_names=list(spec.outputs), dynamic_shapes=tuple(dynamic), verbose=False, optimize=True,
         )
-    proto = finalize(program.model_proto, spec)
+    proto = finalize(program.model_proto, spec, profile)
     onnx.save(proto, str(path))
     return proto

@@ -1,7 +1,7 @@
 """Inference backends behind one small interface: ``runner.infer(feed) -> {name: array}``.
 
-`onnxruntime` runs the ONNX graphs (CPU, or CUDA when onnxruntime-gpu is installed). A `tensorrt`
-backend will run engines built from the same graphs behind the same interface.
+`onnxruntime` runs the ONNX graphs (CPU, or CUDA when onnxruntime-gpu is installed). `tensorrt` runs
+engines built from the same graphs (`pixdeploy build-engine`) behind the same interface.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ class OnnxRuntimeRunner:
             providers = ["CPUExecutionProvider"]
         else:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            from pixdeploy.runtime.ort_gpu import tensorrt_provider  # TensorRT EP first where TensorRT is present
+
+            providers = tensorrt_provider(available) + providers
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         try:
@@ -41,6 +44,11 @@ class OnnxRuntimeRunner:
 
     def infer(self, feed: dict) -> dict:
         """Run after checking the feed against the graph's declared inputs."""
+        self.check_feed(feed)
+        return dict(zip(self.output_names, self.session.run(None, feed)))
+
+    def check_feed(self, feed: dict) -> None:
+        """Names, dtypes and fixed dims of host arrays (values already on a device are checked by the session)."""
         missing = set(self.inputs) - set(feed)
         extra = set(feed) - set(self.inputs)
         if missing or extra:
@@ -48,19 +56,42 @@ class OnnxRuntimeRunner:
                 f"feed does not match the graph: missing {sorted(missing)}, unexpected {sorted(extra)}")
         for name, (dtype, shape) in self.inputs.items():
             arr = feed[name]
+            if not isinstance(arr, np.ndarray):
+                continue
             if arr.dtype != dtype or arr.ndim != len(shape):
                 raise PixdeployError(f"input {name}: expected {np.dtype(dtype).name} of rank {len(shape)}, "
                                      f"got {arr.dtype} of shape {arr.shape}")
             for got, want in zip(arr.shape, shape):
                 if isinstance(want, int) and got != want:
                     raise PixdeployError(f"input {name}: expected shape {shape}, got {arr.shape}")
-        return dict(zip(self.output_names, self.session.run(None, feed)))
 
 
-BACKENDS = {"onnxruntime": OnnxRuntimeRunner}
+def _onnxruntime_runner(path, device: str):
+    """On CUDA, I/O binding keeps the KV cache on the GPU between steps (`pixdeploy.runtime.ort_gpu`)."""
+    runner = OnnxRuntimeRunner(path, device)
+    if runner.providers[0] == "CPUExecutionProvider":
+        return runner
+    from pixdeploy.runtime.ort_gpu import OnnxRuntimeBoundRunner
+
+    return OnnxRuntimeBoundRunner.from_runner(runner)
 
 
-def make_runner(backend: str, path, device: str):
+def _tensorrt_runner(path, device: str, allow_host_code: bool = False):
+    from pixdeploy.runtime.tensorrt_backend import TensorRTRunner  # TensorRT and Polygraphy are optional
+
+    return TensorRTRunner(path, device, allow_host_code=allow_host_code)
+
+
+BACKENDS = {"onnxruntime": _onnxruntime_runner, "tensorrt": _tensorrt_runner}
+
+
+def make_runner(backend: str, path, device: str, **options):
     if backend not in BACKENDS:
         raise PixdeployError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    return BACKENDS[backend](path, device)
+    import inspect
+
+    factory = BACKENDS[backend]
+    unknown = set(options) - set(inspect.signature(factory).parameters)
+    if unknown:
+        raise PixdeployError(f"backend {backend} takes no option {', '.join(sorted(unknown))}")
+    return factory(path, device, **options)

@@ -2,7 +2,8 @@
 
 Causal attention inside each pixel window that never attends to letterbox padding (a padding query may
 see itself so no row is empty). Grouped-query: H is a multiple of K. The body is the opset-23 fused
-``Attention`` operator, which TensorRT 10.14+ imports as its native ``IAttention``.
+``Attention`` operator, which TensorRT 10.14+ imports as its native ``IAttention``; for older TensorRT
+(``export --target tensorrt-10.3``) the exporter writes it out in elementary ops (`profile_lowering`).
 (reference: `pixdeploy.model.window_attention`)
 """
 

@@ -8,6 +8,7 @@ import click
 
 from pixdeploy.cli import image_list, main
 from pixdeploy.errors import PixdeployError
+from pixdeploy.export.profiles import DEFAULT_PROFILE, PROFILES  # plain data: no torch or onnx
 
 
 @main.command("export")
@@ -16,12 +17,15 @@ from pixdeploy.errors import PixdeployError
 @click.option("--images", "parity_images", multiple=True, type=click.Path(path_type=Path),
               help="Images (or folders) for the parity gate; default: real photos shipped with scikit-learn.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle (only once the new one passes parity).")
-def export_cmd(checkpoint, out, parity_images, force):
+@click.option("--target", type=click.Choice(list(PROFILES)), default=DEFAULT_PROFILE, show_default=True,
+              help="Operators the graphs may use: tensorrt-10.3 for JetPack 6 / TensorRT 10.3-10.14, "
+              "tensorrt-10.15 for TensorRT 10.15+ and 11.x.")
+def export_cmd(checkpoint, out, parity_images, force, target):
     """Export a checkpoint to a bundle of ONNX graphs, gated on parity with PyTorch."""
     from pixdeploy.export.bundle import export_bundle
 
     images = image_list(parity_images) if parity_images else None
-    bundle, result = export_bundle(checkpoint, out, images=images, force=force, echo=click.echo)
+    bundle, result = export_bundle(checkpoint, out, images=images, force=force, echo=click.echo, target=target)
     click.echo(result.table())
     click.echo(f"bundle: {bundle.path}")
 

@@ -40,6 +40,10 @@ def inspect(bundle):
                f"image {cfg.image_size} window {cfg.window} fold {cfg.fold} ({cfg.n_colors} colours), "
                f"text vocab {cfg.text_vocab}, context {cfg.max_seq_len}")
     click.echo(f"onnx: opset {m['onnx']['opset']}, IR {m['onnx']['ir_version']}")
+    from pixdeploy.export.profiles import bundle_profile
+
+    profile = bundle_profile(m)  # export target: which runtimes can parse the graphs
+    click.echo(f"export target: {profile.name} ({profile.suits})")
     for name, g in b.graphs.items():
         size = b.graph_path(name).stat().st_size
         click.echo(f"  {g['file']} ({size / 1e6:.1f} MB): {g['purpose']}")
@@ -53,6 +57,10 @@ def inspect(bundle):
             click.echo(f"    {kind}: {', '.join(sig)}")
         for line in describe_custom_ops(b.graph_path(name)):
             click.echo(f"    {line}")
+    from pixdeploy.runtime.tensorrt_backend import describe_engines
+
+    for line in describe_engines(b.path):  # TensorRT engines built into the bundle, if any
+        click.echo(line)
     parity = json.loads(b.file("parity.json").read_text()) if b.file("parity.json").is_file() else None
     if parity:
         click.echo(f"parity ({parity['precision']}): {'passed' if parity['passed'] else 'FAILED'}")

@@ -1,0 +1,275 @@
+"""The TensorRT backend: a bundle's engines behind the same ``infer(feed) -> {name: array}`` interface as
+onnxruntime. No torch: TensorRT's Python bindings, and Polygraphy's ctypes CUDA runtime wrapper for memory,
+streams and CUDA graphs.
+
+- The engine for a graph is found in ``bundle/engines/<gpu>-trt<version>/`` by the sha256 of the ONNX
+  it was built from; its header is checked (GPU, TensorRT version, length, checksum) before TensorRT
+  deserializes anything. Version-compatible engines embed host code: they load only with
+  ``allow_host_code=True`` (the user's opt-in), never by default.
+- Device buffers are allocated once, at each tensor's largest shape over the engine's profiles.
+- Outputs named ``present_*`` (the KV cache) stay on the GPU as `DeviceTensor`s; fed back as ``past_*``
+  they are bound by address, with no host round trip. Two buffer sets alternate, since TensorRT does not
+  let a step read and write one buffer.
+- The single-token decode profile (static shapes) is captured as a CUDA graph per (batch, buffer set)
+  after one warm-up run, as trtexec does, and replayed; capture failure falls back to plain enqueue.
+
+Not yet executed on TensorRT: no machine this project runs on has TensorRT and a GPU (see README).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from pathlib import Path
+
+import numpy as np
+from pixdeploy.runtime.engine_header import EngineError, check_runs_here, engine_dir_name, read_engine, read_header
+
+from pixdeploy.errors import PixdeployError
+from pixdeploy.files import sha256
+
+_CAPTURE_MODE_THREAD_LOCAL = 1  # cudaStreamCaptureModeThreadLocal
+
+
+def _trt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise PixdeployError("TensorRT is not installed: on x86, pip install tensorrt (NVIDIA's index); on JetPack, "
+                             "sudo apt install python3-libnvinfer (venv with --system-site-packages)") from None
+    try:
+        from polygraphy import cuda
+    except ImportError:
+        raise PixdeployError('Polygraphy is not installed: pip install "pixdeploy[tensorrt]"') from None
+    return tensorrt, cuda
+
+
+def find_engine(onnx_path: Path, trt_version: str, gpu: str) -> Path:
+    """The engine built from exactly this ONNX file for this GPU and TensorRT, or one line saying what to run."""
+    bundle = onnx_path.parent
+    folder = bundle / "engines" / engine_dir_name(gpu, trt_version)
+    if not folder.is_dir():
+        built = sorted(p.name for p in (bundle / "engines").iterdir() if p.is_dir()) \
+            if (bundle / "engines").is_dir() else []
+        raise PixdeployError(f"{bundle} has no engines for {gpu} with TensorRT {trt_version}"
+                             + (f" (it has: {', '.join(built)})" if built else "")
+                             + f"; build them here with: pixdeploy build-engine {bundle}")
+    want = sha256(onnx_path)
+    for engine in sorted(folder.glob("*.engine")):
+        if read_header(engine)["source_sha256"] == want:
+            return engine
+    raise PixdeployError(f"no engine in {folder} was built from {onnx_path.name} as it is now; rebuild with: "
+                         f"pixdeploy build-engine {bundle} --force")
+
+
+class DeviceTensor:
+    """A tensor left on the GPU. Valid until the runner that made it has run twice more."""
+
+    def __init__(self, ptr: int, shape: tuple, dtype, cuda, stream):
+        self.ptr, self.shape, self.dtype = ptr, tuple(shape), np.dtype(dtype)
+        self._cuda, self._stream = cuda, stream
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def numpy(self) -> np.ndarray:
+        out = np.empty(self.shape, self.dtype)
+        self._cuda.wrapper().memcpy(out.ctypes.data, self.ptr, self.nbytes, self._cuda.MemcpyKind.DeviceToHost,
+                                    self._stream.ptr)
+        self._stream.synchronize()
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self.numpy()
+        return arr if dtype is None else arr.astype(dtype)
+
+
+class TensorRTRunner:
+    def __init__(self, onnx_path, device: str = "cuda", allow_host_code: bool = False,
+                 keep_on_device=lambda name: name.startswith("present_")):
+        if device == "cpu":
+            raise PixdeployError("the tensorrt backend runs on a GPU; use backend='onnxruntime' for device='cpu'")
+        trt, cuda = _trt()
+        from pixdeploy.runtime.cuda_device import current_gpu
+
+        gpu, cc = current_gpu()
+        self.path = find_engine(Path(onnx_path), trt.__version__, gpu)
+        header, plan = read_engine(self.path)
+        check_runs_here(header, self.path, trt.__version__, cc)
+        self.header, self.trt, self.cuda = header, trt, cuda
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self.logger)
+        if header.get("version_compatible"):
+            if not allow_host_code:
+                raise EngineError(f"{self.path} is version-compatible and embeds host code; load it only if you "
+                                  "trust its source: Pipeline.load(..., backend='tensorrt', allow_host_code=True)")
+            runtime.engine_host_code_allowed = True
+        self.runtime = runtime  # the engine must not outlive its runtime
+        self.engine = runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise EngineError(f"TensorRT {trt.__version__} could not load {self.path} (see its log above)")
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = lambda n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT  # noqa: E731
+        self.input_names = [n for n in names if is_input(n)]
+        self.output_names = [n for n in names if not is_input(n)]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.profiles = [p["name"] for p in header["profiles"]]
+        self.inputs = {n: (self.dtypes[n].type, tuple(self.engine.get_tensor_shape(n))) for n in self.input_names}
+        self.keep = {n for n in self.output_names if keep_on_device(n)}
+        self._allocate()
+        self._profile = None
+        self._flip = 0
+        self._graphs: dict = {}
+
+    # ---- buffers, once ----
+
+    def _allocate(self) -> None:
+        """One buffer per input and output at its largest shape over all profiles (two for kept outputs)."""
+        largest: dict[str, int] = {}
+        for index in range(self.engine.num_optimization_profiles):
+            self._use_profile(index)
+            for name in self.input_names:
+                hi = tuple(self.engine.get_tensor_profile_shape(name, index)[2])
+                self.context.set_input_shape(name, hi)
+                largest[name] = max(largest.get(name, 0), int(np.prod(hi)) * self.dtypes[name].itemsize)
+            for name in self.output_names:
+                shape = tuple(self.context.get_tensor_shape(name))
+                largest[name] = max(largest.get(name, 0), int(np.prod(shape)) * self.dtypes[name].itemsize)
+        malloc = self.cuda.wrapper().malloc
+        self.buffers = {n: malloc(max(size, 1)) for n, size in largest.items()}
+        self.spare = {n: malloc(max(largest[n], 1)) for n in self.keep}  # the alternate KV-cache set
+        self._largest = largest
+
+    def _use_profile(self, index: int) -> None:
+        if not self.context.set_optimization_profile_async(index, self.stream.ptr):
+            raise PixdeployError(f"{self.path}: cannot select optimization profile {index}")
+        self._profile = index
+
+    def close(self) -> None:
+        free = self.cuda.wrapper().free
+        for ptr in [*self.buffers.values(), *self.spare.values()]:
+            free(ptr)
+        self.buffers, self.spare = {}, {}
+
+    # ---- one call ----
+
+    def _pick_profile(self, feed: dict) -> int:
+        """Decode (all inputs within profile 1's static shapes) or the first profile that fits."""
+        for index in reversed(range(self.engine.num_optimization_profiles)):
+            if all(self._fits(name, np.shape(feed[name]) if not isinstance(feed[name], DeviceTensor)
+                              else feed[name].shape, index) for name in self.input_names):
+                return index
+        shapes = {n: tuple(np.shape(v)) if not isinstance(v, DeviceTensor) else v.shape for n, v in feed.items()}
+        raise PixdeployError(f"{self.path}: input shapes {shapes} fit none of its profiles; rebuild with a larger "
+                             "--max-batch")
+
+    def _fits(self, name: str, shape: tuple, index: int) -> bool:
+        lo, _, hi = self.engine.get_tensor_profile_shape(name, index)
+        return len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi))
+
+    def infer(self, feed: dict) -> dict:
+        missing, extra = set(self.input_names) - set(feed), set(feed) - set(self.input_names)
+        if missing or extra:
+            raise PixdeployError(f"feed does not match the engine: missing {sorted(missing)}, "
+                                 f"unexpected {sorted(extra)}")
+        wrapper, kinds = self.cuda.wrapper(), self.cuda.MemcpyKind
+        index = self._pick_profile(feed)
+        if index != self._profile:
+            self._use_profile(index)
+        addresses = []
+        for name in self.input_names:
+            value = feed[name]
+            if isinstance(value, DeviceTensor):  # the previous step's KV cache: bind it where it lies
+                if value.dtype != self.dtypes[name]:
+                    raise PixdeployError(f"input {name}: expected {self.dtypes[name]}, got {value.dtype}")
+                ptr, shape = value.ptr, value.shape
+            else:
+                arr = np.ascontiguousarray(value)
+                if arr.dtype != self.dtypes[name]:
+                    raise PixdeployError(f"input {name}: expected {self.dtypes[name]}, got {arr.dtype} {arr.shape}")
+                ptr, shape = self.buffers[name], arr.shape
+                wrapper.memcpy(ptr, arr.ctypes.data, arr.nbytes, kinds.HostToDevice, self.stream.ptr)
+            self.context.set_input_shape(name, shape)
+            self.context.set_tensor_address(name, ptr)
+            addresses.append(ptr)
+        # Kept outputs alternate between two buffer sets, so this step never writes what it reads.
+        self._flip ^= 1
+        out_ptrs = {n: (self.spare[n] if self._flip and n in self.keep else self.buffers[n]) for n in self.output_names}
+        for name, ptr in out_ptrs.items():
+            self.context.set_tensor_address(name, ptr)
+            addresses.append(ptr)
+        self._enqueue(index, tuple(np.shape(feed[self.input_names[0]])
+                                   if not isinstance(feed[self.input_names[0]], DeviceTensor)
+                                   else feed[self.input_names[0]].shape), tuple(addresses))
+        result = {}
+        for name in self.output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            if name in self.keep:
+                result[name] = DeviceTensor(out_ptrs[name], shape, self.dtypes[name], self.cuda, self.stream)
+            else:
+                host = np.empty(shape, self.dtypes[name])
+                wrapper.memcpy(host.ctypes.data, out_ptrs[name], host.nbytes, kinds.DeviceToHost, self.stream.ptr)
+                result[name] = host
+        self.stream.synchronize()
+        return result
+
+    # ---- CUDA graphs for the static decode profile ----
+
+    def _enqueue(self, index: int, lead_shape: tuple, addresses: tuple) -> None:
+        static = self.profiles[index] == "decode"
+        key = (index, lead_shape, addresses)
+        if static and key in self._graphs and self._graphs[key] is not None:
+            self._check(self.cuda.wrapper().handle.cudaGraphLaunch(self._graphs[key], self._void(self.stream.ptr)),
+                        "cudaGraphLaunch")
+            return
+        if not self.context.execute_async_v3(self.stream.ptr):
+            raise PixdeployError(f"TensorRT failed to run {self.path} (see its log above)")
+        if static and key not in self._graphs:  # warm-up done just now: capture the next identical step
+            self.stream.synchronize()
+            self._graphs[key] = self._capture()
+
+    def _capture(self):
+        """Record one enqueue as a CUDA graph; None when the engine cannot be captured (then plain enqueue)."""
+        cudart, stream = self.cuda.wrapper().handle, self._void(self.stream.ptr)
+        graph, exe = ctypes.c_void_p(), ctypes.c_void_p()
+        if cudart.cudaStreamBeginCapture(stream, ctypes.c_int(_CAPTURE_MODE_THREAD_LOCAL)) != 0:
+            return None
+        ok = self.context.execute_async_v3(self.stream.ptr)
+        if cudart.cudaStreamEndCapture(stream, ctypes.byref(graph)) != 0 or not ok:
+            return None
+        if cudart.cudaGraphInstantiateWithFlags(ctypes.byref(exe), graph, ctypes.c_ulonglong(0)) != 0:
+            return None
+        cudart.cudaGraphDestroy(graph)  # the executable graph keeps what it needs
+        return exe
+
+    @staticmethod
+    def _void(ptr: int):
+        return ctypes.c_void_p(ptr)
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status != 0:
+            raise PixdeployError(f"CUDA error {status} in {what}")
+
+
+def describe_engines(bundle_path: Path) -> list[str]:
+    """One line per engine folder of a bundle (for `inspect`): where, for what, and plugin vs function body."""
+    root = Path(bundle_path) / "engines"
+    lines = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        try:
+            index = json.loads((folder / "engines.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            lines.append(f"engines/{folder.name}: not a pixdeploy engine folder")
+            continue
+        lines.append(f"engines/{folder.name}: TensorRT {index.get('tensorrt')} on {index.get('gpu')} "
+                     f"(sm {index.get('compute_capability')}), variant {index.get('variant')}, "
+                     f"export target {index.get('export_profile')}")
+        for entry in index.get("engines", {}).values():
+            plugins = entry.get("plugin_layers") or []
+            lines.append(f"    {entry.get('file')}: custom ops ran as "
+                         + (f"plugins ({', '.join(plugins)})" if plugins else "their function bodies"))
+    return lines

@@ -144,14 +144,16 @@ def mark_fp32_islands(proto: onnx.ModelProto) -> None:
             node.attribute.extend(kept + [onnx.helper.make_attribute(attr, onnx.TensorProto.FLOAT)])
 
 
-def make_fp16(model, out: Path) -> dict:
+def make_fp16(model, out: Path, manifest: dict) -> dict:
     from pixdeploy.export.onnx_export import export_graph
+    from pixdeploy.export.profiles import bundle_profile
 
     half = half_model(model)
     wrappers = _fp16_wrappers()
+    profile = bundle_profile(manifest)  # the operator set the bundle's fp32 graphs were exported for
     for spec in graph_specs(model.cfg):
         path = out / f"{spec.name}.onnx"
-        proto = export_graph(half, spec, path, wrapper=wrappers[spec.name](half).eval())
+        proto = export_graph(half, spec, path, profile, wrapper=wrappers[spec.name](half).eval())
         mark_fp32_islands(proto)
         onnx.save(proto, str(path))
     return {}
@@ -301,7 +303,7 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ch
             cache = calibrate(bundle, images, Path(calib_cache) if calib_cache else None, echo) if calibrated else None
             detail = make_int8(bundle, variant, tmp, cache)
         else:
-            detail = make_fp16(model, tmp)
+            detail = make_fp16(model, tmp, bundle.manifest)
         seconds = time.perf_counter() - t0
 
         entry = {"precision": variant.precision, "target": variant.target, "method": variant.method,

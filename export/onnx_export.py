@@ -144,8 +144,9 @@ def finalize(proto: onnx.ModelProto, spec: GraphSpec,
 
 
 def export_graph(model: PixTokenLM, spec: GraphSpec, path: Path,
-                 profile: ExportProfile = PROFILES["onnxruntime"]) -> onnx.ModelProto:
-    wrapper = (ImageEncoder if spec.name == "image_encoder" else DecoderStep)(model).eval()
+                 profile: ExportProfile = PROFILES["onnxruntime"], wrapper: nn.Module | None = None) -> onnx.ModelProto:
+    # ``wrapper``: another module with the spec's signature (the fp16 variant casts at its edges).
+    wrapper = wrapper or (ImageEncoder if spec.name == "image_encoder" else DecoderStep)(model).eval()
     args = example_inputs(spec, model.cfg)
     dynamic = []
     for dtype_dims in spec.inputs.values():

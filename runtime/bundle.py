@@ -7,6 +7,13 @@
         text_embeddings.npy    the word-embedding table, looked up in numpy
         tokenizer.json
         parity.json            what the export measured against PyTorch
+        variants/NAME/         more precisions of the same graphs (fp16, int8-tensorrt, int8-cpu), each
+                               listed in the manifest with its precision, target and parity result
+
+Variants: the manifest's ``variants`` maps a name to its precision, target, graphs and parity record;
+every file's checksum stays in the one ``files`` table. A bundle written before variants existed has only
+the top-level ``graphs``: they are its ``fp32`` variant. ``Bundle.graph_path(graph, variant)`` is the one
+place that answers "which file is graph X of variant V".
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pixdeploy.tokenizer import Tokenizer
 
 FORMAT = "pixdeploy-bundle"
 FORMAT_VERSION = 1
+DEFAULT_VARIANT = "fp32"  # what runs unless the user names another variant
 
 
 class BundleError(PixdeployError):
@@ -101,8 +109,32 @@ class Bundle:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def graph_path(self, graph: str) -> Path:
-        return self.path / self.graphs[graph]["file"]
+    @property
+    def variants(self) -> dict[str, dict]:
+        """Every variant: name -> {precision, target, graphs, parity}; fp32 first."""
+        listed = self.manifest.get("variants")
+        fp32 = {"precision": "fp32", "target": "any", "graphs": self.graphs, "parity": self.manifest.get("parity")}
+        out = {DEFAULT_VARIANT: fp32}
+        if isinstance(listed, dict):  # absent in bundles written before variants existed
+            out.update((k, v) for k, v in listed.items() if k != DEFAULT_VARIANT and isinstance(v, dict))
+        return out
+
+    def variant(self, name: str = DEFAULT_VARIANT) -> dict:
+        variants = self.variants
+        if name not in variants:
+            raise BundleError(f"bundle {self.path} has no variant {name!r}; it has: {', '.join(variants)}")
+        return variants[name]
+
+    def graph_path(self, graph: str, variant: str = DEFAULT_VARIANT) -> Path:
+        """The file of ``graph`` (image_encoder, decoder) in ``variant``: the one place that knows the layout."""
+        graphs = self.variant(variant).get("graphs")
+        try:
+            name = Path(graphs[graph]["file"])
+        except (KeyError, TypeError):
+            raise BundleError(f"damaged bundle {self.path}: variant {variant!r} lists no graph {graph!r}") from None
+        if name.is_absolute() or ".." in name.parts:  # a bundle is untrusted: never read outside it
+            raise BundleError(f"damaged bundle {self.path}: graph file {name} lies outside the bundle")
+        return self.path / name
 
     def text_embeddings(self) -> np.ndarray:
         if getattr(self, "_embeddings", None) is not None:

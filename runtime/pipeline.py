@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from pixdeploy.runtime.backends import make_runner
-from pixdeploy.runtime.bundle import Bundle
+from pixdeploy.runtime.bundle import DEFAULT_VARIANT, Bundle
 from pixdeploy.runtime.sampling import check_sampling, sample
 
 from pixdeploy.config import EOS_ID, IMAGE_SLOT
@@ -27,16 +27,19 @@ from pixdeploy.sequence import collect_until_stop, image_prompt
 
 
 class Pipeline:
-    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", device: str = "auto", **backend_options):
+    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", device: str = "auto",
+                 variant: str = DEFAULT_VARIANT, **backend_options):
         # backend_options: e.g. allow_host_code=True for version-compatible TensorRT engines (an explicit opt-in)
         self.bundle, self.cfg, self.tokenizer = bundle, bundle.config, bundle.tokenizer
-        self.encoder = make_runner(backend, bundle.graph_path("image_encoder"), device, **backend_options)
-        self.decoder = make_runner(backend, bundle.graph_path("decoder"), device, **backend_options)
+        self.variant = variant  # fp32, fp16, int8-tensorrt, int8-cpu: graphs of one precision
+        self.encoder = make_runner(backend, bundle.graph_path("image_encoder", variant), device, **backend_options)
+        self.decoder = make_runner(backend, bundle.graph_path("decoder", variant), device, **backend_options)
         self.text_embeddings = bundle.text_embeddings()
 
     @classmethod
-    def load(cls, path, backend: str = "onnxruntime", device: str = "auto", **backend_options) -> Pipeline:
-        return cls(Bundle(path), backend, device, **backend_options)
+    def load(cls, path, backend: str = "onnxruntime", device: str = "auto", variant: str = DEFAULT_VARIANT,
+             **backend_options) -> Pipeline:
+        return cls(Bundle(path), backend, device, variant, **backend_options)
 
     # ---- images ----
 

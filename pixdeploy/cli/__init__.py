@@ -109,4 +109,4 @@ def parse_overrides(items: tuple[str, ...]) -> dict:
 
 
 # The stages register their commands on import (kept last: they import `main` from here).
-from pixdeploy.cli import bench, engine, export, inspect, run, train  # noqa: E402, F401
+from pixdeploy.cli import bench, engine, export, inspect, quantize, run, train  # noqa: E402, F401

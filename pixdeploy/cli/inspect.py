@@ -114,5 +114,25 @@ def inspect(bundle):
         click.echo(f"parity ({parity['precision']}): {'passed' if parity['passed'] else 'FAILED'}")
         for name, value in parity["checks"]:
             click.echo(f"    {name}: {value:.3g}")
+    for line in describe_variants(b, parity):
+        click.echo(line)
+
+
+def describe_variants(b, fp32_parity: dict | None) -> list[str]:
+    """The variants side by side: precision, target, size, and what their parity gate measured."""
+    variants = b.variants
+    if len(variants) == 1:
+        return []
+    checks = sorted({k for v in variants.values() for k in ((v.get("parity") or {}).get("checks") or {})})
+    rows = [["variant", "precision", "target", "MB", *checks]]
+    for name, v in variants.items():
+        size = sum(b.graph_path(g, name).stat().st_size for g in v["graphs"]) / 1e6
+        measured = (v.get("parity") or {}).get("checks") or {}
+        if name == "fp32" and not measured and fp32_parity:  # fp32 records its checks in parity.json
+            measured = dict(fp32_parity["checks"])
+        rows.append([name, v.get("precision", "?"), v.get("target", "?"), f"{size:.1f}",
+                     *(f"{measured[k]:.6g}" if k in measured else "-" for k in checks)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["variants:"] + ["    " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
 
 

@@ -12,7 +12,13 @@ from pixdeploy.cli import FiniteFloat, image_list, main, printable
 from pixdeploy.errors import ContextLimitWarning, PixdeployError
 
 
+def variant_option(f):
+    return click.option("--variant", default="fp32", show_default=True,
+                        help="Which of the bundle's variants runs (fp32, fp16, int8-tensorrt, int8-cpu).")(f)
+
+
 def runtime_options(f):
+    f = variant_option(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
     return click.option("--backend", default="onnxruntime", show_default=True)(f)
 
@@ -31,11 +37,11 @@ def runtime_options(f):
               help="Images decoded together.")
 @runtime_options
 def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, batch_size, backend,
-             device):
+             device, variant):
     """Generate text for each image with the torch-free runtime."""
     from pixdeploy.runtime import Pipeline
 
-    pipe = Pipeline.load(bundle, backend=backend, device=device)
+    pipe = Pipeline.load(bundle, backend=backend, device=device, variant=variant)
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     paths = image_list(images, read=stream)  # streamed output starts at once: a bad image must fail first
     with warnings_as_lines():
@@ -77,7 +83,7 @@ def _generate(pipe, paths, prompt, kw, stream, batch_size):
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help=".npy or .safetensors file.")
 @runtime_options
-def embed(bundle, images, out, backend, device):
+def embed(bundle, images, out, backend, device, variant):
     """Window embeddings (images, windows, dim) of images, saved to .npy or .safetensors."""
     import numpy as np
 
@@ -88,7 +94,7 @@ def embed(bundle, images, out, backend, device):
         raise PixdeployError(f"--out must end in .npy or .safetensors, got {out.name}")
     check_file_target(out)  # before the work, not after it
     paths = image_list(images)
-    vectors = Pipeline.load(bundle, backend=backend, device=device).embed(paths)
+    vectors = Pipeline.load(bundle, backend=backend, device=device, variant=variant).embed(paths)
     with staged_file(out, echo=click.echo) as tmp:
         if out.suffix == ".npy":
             with open(tmp, "wb") as f:

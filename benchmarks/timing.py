@@ -7,32 +7,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 
-import numpy as np
-
-
-def percentiles(samples: list[float]) -> dict:
-    a = np.asarray(samples) * 1e3
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "n": len(a)}
+from pixdeploy.runtime import bench
+from pixdeploy.runtime.bench import percentiles
 
 
 def interleaved(fns: dict, iters: int, warmup: int = 3, block: int = 1) -> dict:
-    """Time each callable ``iters`` times, alternating between them in runs of ``block`` calls;
-    returns percentiles per name. A block > 1 keeps a small kernel's caches warm, as in real use,
-    when its neighbour in the comparison is large enough to evict them."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples = {name: [] for name in fns}
-    for _ in range(max(1, iters // block)):
-        for name, fn in fns.items():
-            for _ in range(block):
-                t = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - t)
-    return {name: percentiles(s) for name, s in samples.items()}
+    """`pixdeploy.runtime.bench.interleaved` (calls alternate in runs of ``block``), as percentiles per name."""
+    return {name: percentiles(s) for name, s in bench.interleaved(fns, iters, warmup, block).items()}
 
 
 def machine() -> dict:

@@ -19,7 +19,9 @@ import torch
 from pixdeploy.export.ops import DOMAIN, VERSION
 from pixdeploy.export.ops.color_fold import ColorFold, color_fold_export
 from pixdeploy.export.ops.window_attention import WindowAttention, window_attention_export
+from pixdeploy.export.ops.window_summary_attention import WindowSummaryAttention, window_summary_attention_export
 from pixdeploy.export.profiles import PROFILES, ExportProfile
+from pixdeploy.export.quiet import quiet_exporter
 from torch import nn
 
 import pixdeploy.model as model_module
@@ -27,7 +29,7 @@ from pixdeploy.model import PixTokenLM
 
 OPSET = 23  # the fused Attention operator, used by WindowAttention's body
 IR_VERSION = 11  # what opset 23 needs; onnx 1.23 writes 14 by default, which onnxruntime 1.31 cannot read
-CUSTOM_FUNCTIONS = (ColorFold, WindowAttention)
+CUSTOM_FUNCTIONS = (ColorFold, WindowAttention, WindowSummaryAttention)
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,14 @@ def custom_ops():
     """Export-time patch: the model's fold and window attention emit pixdeploy:: nodes."""
     saved = model_module.fold_torch, model_module.window_attention
     model_module.fold_torch, model_module.window_attention = color_fold_export, window_attention_export
+    # The pruned last image layer's one-query-per-window attention (see PixTokenLM.encode_images).
+    saved_summary = model_module.window_summary_attention
+    model_module.window_summary_attention = window_summary_attention_export
     try:
         yield
     finally:
         model_module.fold_torch, model_module.window_attention = saved
+        model_module.window_summary_attention = saved_summary
 
 
 def example_inputs(spec: GraphSpec, cfg) -> tuple:
@@ -138,8 +144,9 @@ def finalize(proto: onnx.ModelProto, spec: GraphSpec,
 
 
 def export_graph(model: PixTokenLM, spec: GraphSpec, path: Path,
-                 profile: ExportProfile = PROFILES["onnxruntime"]) -> onnx.ModelProto:
-    wrapper = (ImageEncoder if spec.name == "image_encoder" else DecoderStep)(model).eval()
+                 profile: ExportProfile = PROFILES["onnxruntime"], wrapper: nn.Module | None = None) -> onnx.ModelProto:
+    # ``wrapper``: another module with the spec's signature (the fp16 variant casts at its edges).
+    wrapper = wrapper or (ImageEncoder if spec.name == "image_encoder" else DecoderStep)(model).eval()
     args = example_inputs(spec, model.cfg)
     dynamic = []
     for dtype_dims in spec.inputs.values():
@@ -147,7 +154,7 @@ def export_graph(model: PixTokenLM, spec: GraphSpec, path: Path,
         dynamic.append(dims or None)
     if spec.name == "decoder":  # forward(embeds, input_pos, *past): varargs are one nested entry
         dynamic = [dynamic[0], dynamic[1], tuple(dynamic[2:])]
-    with custom_ops(), torch.no_grad():
+    with custom_ops(), torch.no_grad(), quiet_exporter():  # third-party noise is not the user's concern
         program = torch.onnx.export(
             wrapper, args, dynamo=True, opset_version=OPSET, input_names=list(spec.inputs),
             output_names=list(spec.outputs), dynamic_shapes=tuple(dynamic), verbose=False, optimize=True,

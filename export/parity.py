@@ -15,9 +15,16 @@ from pixdeploy.errors import PixdeployError
 
 # Why these numbers: fp32 onnxruntime differs from eager PyTorch only by kernel summation order, so
 # embeddings and logits agree to ~1e-6 relative; greedy decoding must then pick the very same tokens.
+# fp16 and int8 variants are gated on direction (cosine) rather than absolute error: their errors scale
+# with the activations; a row lists only the checks that apply to it. fp16 keeps ~3 decimal digits, so
+# window embeddings point the same way to 1e-3 and greedy answers on real images must not change; int8
+# keeps ~2, so 0.99, and its greedy answers may differ on an image or two where the top two logits are
+# within the quantization noise (the demo also holds its held-out reading within 2 points of fp32).
 THRESHOLDS = {
     "fp32": {"embed_max_abs": 1e-3, "embed_cosine_min": 0.99999, "logits_max_abs": 1e-3,
              "greedy_match_min": 1.0},
+    "fp16": {"embed_cosine_min": 0.999, "logits_cosine_min": 0.999, "greedy_match_min": 1.0},
+    "int8": {"embed_cosine_min": 0.99, "logits_cosine_min": 0.99, "greedy_match_min": 0.8},
 }
 
 
@@ -102,28 +109,21 @@ def check_parity(model, pipeline, images: list, precision: str = "fp32", steps: 
     got = np.stack(list(pipeline.decode_steps(got_embed, ids, max_new_tokens=steps, stop=None)), 1)
     match = float((got == ref).all(1).mean())
 
-    result = ParityResult(precision, len(rgb), steps, stats={"embeddings": e, "prefill_logits": lg})
-    result.checks = [
-        Check("embed_max_abs", e["max_abs"], limits["embed_max_abs"], False),
-        Check("embed_cosine_min", e["cosine_min"], limits["embed_cosine_min"], True),
-        Check("logits_max_abs", lg["max_abs"], limits["logits_max_abs"], False),
-        Check("greedy_match", match, limits["greedy_match_min"], True),
+    result = ParityResult(precision, len(rgb), steps, stats={"embeddings": e, "prefill_logits": lg,
+                                                             "greedy_token_agreement": float((got == ref).mean())})
+    measured = [  # (check, value, its key in THRESHOLDS, higher is better); a precision's row picks its checks
+        ("embed_max_abs", e["max_abs"], "embed_max_abs", False),
+        ("embed_cosine_min", e["cosine_min"], "embed_cosine_min", True),
+        ("logits_max_abs", lg["max_abs"], "logits_max_abs", False),
+        ("logits_cosine_min", lg["cosine_min"], "logits_cosine_min", True),
+        ("greedy_match", match, "greedy_match_min", True),
     ]
+    result.checks = [Check(name, value, limits[key], higher) for name, value, key, higher in measured if key in limits]
     return result
 
 
 def default_parity_images() -> list:
-    """Real photographs and handwriting shipped with scikit-learn: two photos (wide, letterboxed) and
-    handwritten digits, so parity is measured on real pixel statistics, not random noise."""
-    try:
-        from sklearn.datasets import load_digits, load_sample_images
-    except ImportError:
-        raise PixdeployError("no --images given and scikit-learn (for its sample photos) is not installed; "
-                             "pass --images DIR with a few of your own images") from None
-    from PIL import Image
+    """Real photographs and handwriting shipped with scikit-learn (`pixdeploy.sample_images`)."""
+    from pixdeploy.sample_images import sample_images
 
-    photos = [Image.fromarray(a) for a in load_sample_images().images]
-    digits = load_digits()
-    hand = [Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), "L").resize((40, 32))
-            for i in range(6)]
-    return photos + hand
+    return sample_images()

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from pixdeploy.config import ModelConfig
 from pixdeploy.errors import CheckpointError, PixdeployError
-from pixdeploy.files import replace_dir, sha256
+from pixdeploy.files import clean_stale, replace_dir, sha256, temp_path
 from pixdeploy.tokenizer import Tokenizer
 
 FORMAT = "pixdeploy-checkpoint"
@@ -36,9 +36,9 @@ def save_checkpoint(out: Path, model_state: dict, cfg: ModelConfig, tok: Tokeniz
                     train_tensors: dict | None = None, train_json: dict | None = None) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".checkpoint.tmp-*"):  # left by a save that was killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out / f".checkpoint.tmp-{os.getpid()}"
+    clean_stale(out / CKPT_DIR)  # left by a save that was killed mid-write (train reports them at start)
+    tmp = temp_path(out / CKPT_DIR)
+    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().float().contiguous().cpu() for k, v in model_state.items()}, tmp / "model.safetensors")
     tok.save(tmp / "tokenizer.json")

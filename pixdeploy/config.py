@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from pixdeploy.errors import ConfigError
@@ -71,6 +72,11 @@ class ModelConfig:
             value = getattr(self, field.name)
             if field.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 problems.append(f"{field.name} must be a positive integer, got {value!r}")
+            if field.type in ("float", float) and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                                   or not math.isfinite(value)):
+                problems.append(f"{field.name} must be a finite number, got {value!r}")
+            if field.type in ("bool", bool) and not isinstance(value, bool):
+                problems.append(f"{field.name} must be true or false, got {value!r}")
         if problems:
             raise ConfigError("invalid model config: " + "; ".join(problems))
         if self.fold & (self.fold - 1) or not 1 <= self.fold <= 256:

@@ -6,8 +6,10 @@ read held-out images it never saw and reports how many it read right.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +23,11 @@ class DemoPlan:
     n_train: int = 6000
     n_eval: int = 200
     max_number: int = 9  # single digits: learnable by a 0.5M-parameter model in minutes on 2 cores
-    steps: int = 1500
+    steps: int = 800  # 13M pixel tokens: reads >= 70% and keeps the whole demo within minutes on 2 cores
     batch_size: int = 16
     lr: float = 1e-3  # above ~2e-3 the decoder never learns to attend to single windows
     vocab_size: int = 64
+    variants: tuple = (("fp16", "cpu"), ("int8", "cpu"))  # (precision, target) quantized after export
 
 
 def read_images(model, tokenizer, examples, batch_size: int = 50) -> list[tuple[str, str]]:
@@ -44,6 +47,8 @@ def read_images(model, tokenizer, examples, batch_size: int = 50) -> list[tuple[
 
 
 def prepare_workdir(workdir: Path, force: bool) -> None:
+    if workdir.exists() and not workdir.is_dir():
+        raise PixdeployError(f"{workdir} exists and is not a folder; choose another --workdir")
     if workdir.exists() and any(workdir.iterdir()):
         if not force:
             raise PixdeployError(f"{workdir} already exists; pass --force to replace an earlier demo "
@@ -68,21 +73,22 @@ def run_demo(workdir: Path, steps: int | None = None, force: bool = False, echo=
     prepare_workdir(workdir, force)
     cfg = preset("tiny")
 
-    echo(f"[1/4] rendering {plan.n_train} training and {plan.n_eval} held-out images of numbers "
+    echo(f"[1/5] rendering {plan.n_train} training and {plan.n_eval} held-out images of numbers "
          f"0-{plan.max_number} into {workdir / 'data'}")
     train_txt, eval_txt = make_demo_set(workdir / "data", plan.n_train, plan.n_eval, cfg.image_size,
                                         plan.max_number)
 
     steps = steps or plan.steps
-    echo(f"[2/4] training the tiny preset for {steps} steps on {_device_name()}")
     tc = TrainConfig(steps=steps, batch_size=plan.batch_size, lr=plan.lr, warmup=min(100, steps),
                      eval_every=max(1, steps // 4), ckpt_every=max(1, steps // 4), log_every=10,
                      vocab_size=plan.vocab_size, num_workers=1)
-    summary = train(train_txt, workdir / "run", cfg, tc, eval_data=eval_txt)
+    with cpu_threads_beside_workers(tc.num_workers):
+        echo(f"[2/5] training the tiny preset for {steps} steps on {_device_name()}")
+        summary = train(train_txt, workdir / "run", cfg, tc, eval_data=eval_txt)
     echo(f"      loss {summary['loss']:.3f}, held-out pixel loss {summary['eval_pixel_loss']:.3f}, "
          f"word loss {summary['eval_word_loss']:.3f}; {summary['pixel_tokens_per_s']:,.0f} pixel tokens/s")
 
-    echo(f"[3/4] reading {plan.n_eval} held-out images the model never saw (PyTorch)")
+    echo(f"[3/5] reading {plan.n_eval} held-out images the model never saw (PyTorch)")
     ckpt = Checkpoint(workdir / "run")
     held_out = load_examples(eval_txt)
     pairs = read_images(ckpt.load_model(), ckpt.tokenizer, held_out)
@@ -93,7 +99,7 @@ def run_demo(workdir: Path, steps: int | None = None, force: bool = False, echo=
     echo(f"read {right}/{len(pairs)} held-out numbers right ({100 * right / len(pairs):.1f}%; "
          f"chance is {chance:.0f}%)")
 
-    echo("[4/4] exporting to ONNX, checking parity, reading the same images with the torch-free runtime")
+    echo("[4/5] exporting to ONNX, checking parity, reading the same images with the torch-free runtime")
     from pixdeploy.export.bundle import export_bundle
     from pixdeploy.runtime import Pipeline
 
@@ -107,9 +113,75 @@ def run_demo(workdir: Path, steps: int | None = None, force: bool = False, echo=
     echo(f"runtime read {runtime_right}/{len(pairs)} right; {same}/{len(pairs)} answers identical to PyTorch's")
     if same != len(pairs):
         raise PixdeployError(f"the runtime disagreed with PyTorch on {len(pairs) - same} held-out images")
+
+    names = " and ".join(f"{p} ({t})" for p, t in plan.variants) or "nothing (this plan)"
+    echo(f"[5/5] quantizing to {names}, each gated on parity and on its held-out reading")
+    rows = quantize_and_compare(bundle.path, held_out, parity_images, runtime_right, plan.variants, echo)
     echo(f"checkpoint: {ckpt.path}\nbundle: {bundle.path}\ndone in {time.perf_counter() - t0:.0f} s")
     return {"right": right, "runtime_right": runtime_right, "identical": same, "total": len(pairs),
-            "seconds": time.perf_counter() - t0, "summary": summary, "parity": parity.to_dict()}
+            "seconds": time.perf_counter() - t0, "summary": summary, "parity": parity.to_dict(), "variants": rows}
+
+
+MAX_READING_DROP = 2.0  # points of held-out reading a quantized variant may lose against fp32
+
+
+def quantize_and_compare(bundle_path: Path, held_out, parity_images, fp32_right: int, variants, echo) -> dict:
+    """Add the fp16 and int8-cpu variants (each must read the held-out images within
+    MAX_READING_DROP points of fp32) and print held-out accuracy and encoder latency side by side."""
+    from pixdeploy.export.parity import Check
+    from pixdeploy.export.quantize import choose_variant, quantize_bundle
+    from pixdeploy.runtime import Pipeline
+
+    images = [ex.segments[0] for ex in held_out]
+    truth = [ex.texts[0].strip() for ex in held_out]
+    fp32_pct = 100 * fp32_right / len(truth)
+    rows = {"fp32": {"right_pct": fp32_pct, "encoder_ms": encoder_ms(Pipeline.load(bundle_path, device="cpu"), images)}}
+
+    def reading(name):
+        def check(pipe) -> list:
+            read = pipe.generate_batch(images, max_new_tokens=8)
+            pct = 100 * sum(r.strip() == t for r, t in zip(read, truth)) / len(truth)
+            rows[name] = {"right_pct": pct, "encoder_ms": encoder_ms(pipe, images)}
+            return [Check("heldout_drop_points", fp32_pct - pct, MAX_READING_DROP, False)]
+        return check
+
+    for precision, target in variants:
+        name = choose_variant(precision, target).name
+        quantize_bundle(bundle_path, precision, target, parity_images=parity_images, extra_checks=reading(name),
+                        echo=lambda *_: None)
+    echo(f"      {'variant':<10}{'held-out read':>15}{'encoder ms (batch 16)':>24}")
+    for name, r in rows.items():
+        echo(f"      {name:<10}{r['right_pct']:>14.1f}%{r['encoder_ms']:>24.1f}")
+    echo("      (fp16 is for GPUs: onnxruntime's CPU kernels emulate it; its CPU time is not its speed)")
+    return rows
+
+
+def encoder_ms(pipe, images, repeats: int = 5) -> float:
+    """Median wall time of the image encoder on one batch of 16 letterboxed images (demo display only;
+    speed claims come from benchmarks/)."""
+    rgb, sizes = pipe.preprocess(images[:16])
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        pipe.embed_letterboxed(rgb, sizes)
+        times.append(time.perf_counter() - t)
+    return 1e3 * sorted(times)[len(times) // 2]
+
+
+@contextmanager
+def cpu_threads_beside_workers(workers: int):
+    """On CPU, give PyTorch the cores the data workers leave free: on 2 cores, 2 compute threads beside a
+    worker process oversubscribe them and training ran at less than half speed."""
+    import torch
+
+    saved = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores - workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _device_name() -> str:

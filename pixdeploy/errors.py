@@ -23,3 +23,8 @@ class DataError(PixdeployError):
 
 class CheckpointError(PixdeployError):
     """A checkpoint is missing, damaged or not a pixdeploy checkpoint."""
+
+
+class ContextLimitWarning(UserWarning):
+    """Generation was cut short because the prompt leaves less context than the tokens asked for.
+    Issued by the runtime API (``warnings``); the CLI prints it as one ``warning:`` line on stderr."""

@@ -154,11 +154,7 @@ def check_replaceable(final: Path, *, replace: bool, what: str,
 def staged_file(final: Path, echo: Callable[[str], None] | None = None) -> Iterator[Path]:
     """Write one file atomically: yields a temporary path beside ``final``; renamed into place when the
     block ends without an error, removed otherwise. Errors name ``final``, the path the user gave."""
-    final = Path(final)
-    if final.is_dir():
-        raise PixdeployError(f"{final} is a directory; give a file path")
-    if not final.parent.is_dir():
-        raise PixdeployError(f"{final}: folder {final.parent} does not exist")
+    final = check_file_target(final)
     clean_stale(final, echo)
     tmp = temp_path(final)
     try:
@@ -170,3 +166,13 @@ def staged_file(final: Path, echo: Callable[[str], None] | None = None) -> Itera
         raise PixdeployError(f"cannot write {final}: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_file_target(final: Path) -> Path:
+    """Refuse, before any work, a file path that cannot be written (a folder, a missing parent)."""
+    final = Path(final)
+    if final.is_dir():
+        raise PixdeployError(f"{final} is a directory; give a file path")
+    if not final.parent.is_dir():
+        raise PixdeployError(f"{final}: folder {final.parent} does not exist")
+    return final

@@ -66,6 +66,10 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> 
     else:
         path = Path(source)
         if not path.is_file():
+            if path.is_dir():
+                raise ImageError(f"{path} is a folder, not an image")
+            if path.is_symlink():  # exists() is False for a dangling link and for a loop alike
+                raise ImageError(f"image {path} is a broken symlink or a symlink loop")
             raise ImageError(f"image not found: {path}")
         if path.stat().st_size == 0:
             raise ImageError(f"image file is empty: {path}")
@@ -92,7 +96,9 @@ def _open_checked(fp, name) -> Image.Image:
             img.load()
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow refused at open
+        raise ImageError(f"image too large: {name} ({e}; possible decompression bomb)") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"cannot read image {name}: {e}") from None
     return img
 

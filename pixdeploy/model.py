@@ -68,7 +68,22 @@ def apply_rope(x, cos, sin):
 
 
 def window_attention(q, k, v, key_valid):
-    """Causal attention inside each window, never attending to padding.
+    """Causal attention inside each window, never attending to padding (`window_attention_sdpa`).
+
+    At inference on CUDA, with Triton installed, the fused kernel of
+    `pixdeploy.kernels.window_attention_triton` computes the same thing without a (P, P) mask; training
+    (autograd), torch.compile (which fuses on its own) and the CPU keep SDPA.
+    """
+    if q.is_cuda and q.shape[2] == k.shape[2] and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        from pixdeploy.kernels import window_attention_triton as fused  # lazy: Triton is optional
+
+        if fused.is_available("cuda"):
+            return fused.window_attention(q, k, v, key_valid)
+    return window_attention_sdpa(q, k, v, key_valid)
+
+
+def window_attention_sdpa(q, k, v, key_valid):
+    """Causal attention inside each window, never attending to padding: the reference.
 
     q: (NW, H, P, D); k, v: (NW, K, P, D); key_valid: (NW, P) bool. A padding query may attend to
     itself so its row is never empty (its output is never used for a valid pixel).
@@ -78,6 +93,17 @@ def window_attention(q, k, v, key_valid):
     eye = torch.eye(P, dtype=torch.bool, device=q.device)
     mask = causal & (key_valid[:, None, None, :] | eye)  # (NW, 1, P, P)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+def window_summary_attention(q, k, v, key_valid, query_pos):
+    """`window_attention` for one query per window, the pixel at ``query_pos`` (its row of the full form).
+
+    q: (NW, H, 1, D); k, v: (NW, K, P, D); key_valid: (NW, P) bool; query_pos: (NW,) int64.
+    """
+    keys = torch.arange(k.shape[2], device=q.device)[None, :]
+    at = keys == query_pos[:, None]
+    mask = (keys <= query_pos[:, None]) & (key_valid | at)  # (NW, P)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], enable_gqa=True)
 
 
 class Attention(nn.Module):
@@ -127,6 +153,22 @@ class Block(nn.Module):
         x = x + self.attn.out(window_attention(q, k, v, key_valid))
         return x + self.mlp(self.mlp_norm(x))
 
+    def forward_window_summary(self, x, cos, sin, key_valid, last):
+        """`forward_window` for the row ``last`` (NW,) of each window only -> (NW, C). Keys and values
+        still come from every pixel; the query, attention output, MLP and norm run on one row."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        x_last = x[rows, last][:, None]  # (NW, 1, C)
+        h = self.attn_norm(x)
+        a = self.attn
+        NW, P, _ = x.shape
+        q = a.wq(h[rows, last][:, None]).view(NW, 1, a.n_heads, a.head_dim).transpose(1, 2)
+        k = a.wk(h).view(NW, P, a.n_kv_heads, a.head_dim).transpose(1, 2)
+        v = a.wv(h).view(NW, P, a.n_kv_heads, a.head_dim).transpose(1, 2)
+        q = apply_rope(q, cos[rows, :, last][:, :, None], sin[rows, :, last][:, :, None])
+        k = apply_rope(k, cos, sin)
+        x_last = x_last + a.out(window_summary_attention(q, k, v, key_valid, last))
+        return (x_last + self.mlp(self.mlp_norm(x_last)))[:, 0]
+
     def forward_causal(self, x, cos, sin, kv=None, input_pos=None):
         """Without ``kv``: plain causal attention over x. With ``kv = (k_cache, v_cache)`` of shape
         (B, K, max_seq, D): write this step's keys at ``input_pos`` and attend to every cached position
@@ -146,6 +188,13 @@ class Block(nn.Module):
             new_kv = (k_all, v_all)
         x = x + self.attn.out(y)
         return x + self.mlp(self.mlp_norm(x)), new_kv
+
+
+def summary_index(valid):
+    """(NW, P) valid mask -> (NW,) index of each window's last valid pixel (the last pixel when none is)."""
+    P = valid.shape[1]
+    idx = torch.arange(P, device=valid.device)
+    return torch.where(valid.any(1), (valid * idx).argmax(1), P - 1)
 
 
 def partition_windows(t, window: int):
@@ -208,20 +257,27 @@ class PixTokenLM(nn.Module):
             x = blk.forward_window(x, cos, sin, valid)
         return x, valid
 
-    def encode_images(self, images, sizes):
+    def encode_images(self, images, sizes, prune: bool = True):
         """Window summaries (N, W, C): the state of each window's last valid pixel.
 
         A window that is all padding (letterbox) takes its last pixel's state, which depends on the
         image size only, never on pixel values.
+
+        ``prune``: only the summary rows leave the block, so the last layer runs its query, attention
+        output, MLP and norms on one row per window (about a fifth of the image FLOPs at 5 layers; the
+        same outputs up to float rounding). Inference and export prune; training (`forward`) runs every
+        row, the reference form the pruned one is tested against.
         """
-        # Only the summary rows leave the block, so the last layer could run its query, MLP and norm on
-        # one row per window (about a fifth of image FLOPs). The reference keeps every row: tests and
-        # exports compare against it.
-        x, valid = self.image_states(images, sizes)
-        P = x.shape[1]
-        idx = torch.arange(P, device=x.device)
-        last = torch.where(valid.any(1), (valid * idx).argmax(1), P - 1)
-        summaries = x[torch.arange(x.shape[0], device=x.device), last]
+        if not prune:
+            x, valid = self.image_states(images, sizes)
+            summaries = x[torch.arange(x.shape[0], device=x.device), summary_index(valid)]
+        else:
+            ids, valid, pos = self.pixel_tokens(images, sizes)
+            x = self.pix_emb(ids)
+            cos, sin = self.image_cos[pos][:, None], self.image_sin[pos][:, None]  # (N*W, 1, P, D/2)
+            for blk in self.image_blocks[:-1]:
+                x = blk.forward_window(x, cos, sin, valid)
+            summaries = self.image_blocks[-1].forward_window_summary(x, cos, sin, valid, summary_index(valid))
         return self.image_norm(summaries).view(images.shape[0], self.cfg.n_windows, self.cfg.dim)
 
     # ---- decoder ----
@@ -260,7 +316,7 @@ class PixTokenLM(nn.Module):
 
     def forward(self, tokens, images=None, sizes=None):
         """Training/scoring forward: logits (B, T, text_vocab + n_colors) for every position."""
-        summaries = self.encode_images(images, sizes) if images is not None else None
+        summaries = self.encode_images(images, sizes, prune=False) if images is not None else None
         h, _ = self.decode(self.embed(tokens, summaries))
         return self.logits(h)
 

@@ -19,10 +19,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pixdeploy.checkpoint import Checkpoint, find_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint
+from pixdeploy.checkpoint import (
+    CKPT_DIR,
+    Checkpoint,
+    find_checkpoint,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+)
 from pixdeploy.config import ModelConfig
-from pixdeploy.data import BatchStream, Example, holdout_split, load_examples, make_loader, require_readable
+from pixdeploy.data import BatchStream, Example, holdout_split, load_data, make_loader, require_readable
 from pixdeploy.errors import CheckpointError, PixdeployError
+from pixdeploy.files import clean_stale, staged_file
 from pixdeploy.model import PixTokenLM, split_losses
 from pixdeploy.tokenizer import Tokenizer
 
@@ -110,16 +118,21 @@ def to_device(batch: dict, device) -> dict:
 
 
 def batch_stream(examples, tok, cfg, tc, d: Dist, start: int):
-    """Endless batches from global batch counter ``start`` on (epochs follow one another)."""
+    """Endless batches from global batch counter ``start`` on (epochs follow one another). Checked
+    when called, not at the first batch: the error comes before the run folder or progress bar exist."""
     probe = BatchStream(examples, tok, cfg, tc.batch_size, 0, tc.seed, d.rank, d.world)
     if probe.n_batches == 0:
         raise PixdeployError(f"{len(examples)} training examples cannot fill one batch of {tc.batch_size} "
                              f"per process; lower --batch-size")
-    epoch, b = divmod(start, probe.n_batches)
-    while True:
-        stream = BatchStream(examples, tok, cfg, tc.batch_size, epoch, tc.seed, d.rank, d.world, start=b)
-        yield from make_loader(stream, tc.num_workers)
-        epoch, b = epoch + 1, 0
+
+    def batches():
+        epoch, b = divmod(start, probe.n_batches)
+        while True:
+            stream = BatchStream(examples, tok, cfg, tc.batch_size, epoch, tc.seed, d.rank, d.world, start=b)
+            yield from make_loader(stream, tc.num_workers)
+            epoch, b = epoch + 1, 0
+
+    return batches()
 
 
 @torch.no_grad()
@@ -147,15 +160,70 @@ def evaluate(model, examples, tok, cfg, tc, d: Dist, autocast) -> dict:
     return res
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl; a line cut short by a kill is dropped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def drop_metrics_after(path: Path, step: int) -> None:
     """On resume, forget what a killed run logged past its last checkpoint: those steps run again."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    with staged_file(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
+def check_run_dir(out: Path, resume: bool, echo=None) -> Path | None:
+    """Refuse, before any work, a run directory that is not ours to write; returns the checkpoint to
+    resume from. Without --resume, a folder holding anything (a previous run, even a damaged one, or
+    the user's files) is never written into; temporaries of a killed save are removed and reported."""
+    if out.exists() and not out.is_dir():
+        raise PixdeployError(f"--out {out} exists and is not a folder")
+    if not out.is_dir():
+        if resume:
+            raise CheckpointError(f"--resume given but {out} does not exist")
+        return None
+    clean_stale(out / CKPT_DIR, echo)
+    existing = find_checkpoint(out)
+    if resume:
+        if existing is None:
+            if (out / CKPT_DIR).exists():
+                raise CheckpointError(f"cannot resume: {out / CKPT_DIR} is damaged (meta.json missing); "
+                                      "nothing was changed")
+            raise CheckpointError(f"--resume given but {out} holds no checkpoint")
+        return existing
+    if existing is not None:
+        raise CheckpointError(f"{out} already holds a checkpoint; pass --resume to continue it "
+                              "or choose another --out")
+    held = sorted(p.name for p in out.iterdir())
+    if held:
+        raise PixdeployError(f"{out} is not empty (holds {', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); "
+                             "a new run needs a new or empty --out (--resume continues a run with a checkpoint)")
+    return None
+
+
+def complete_run_summary(ckpt: Checkpoint, out: Path, d: Dist, tc: TrainConfig, model_factory=PixTokenLM) -> dict:
+    """A resumed run whose checkpoint already reached --steps: nothing to train; the numbers are the
+    run's own, read back from its metrics."""
+    last: dict = {}
+    for record in read_metrics(out / "metrics.jsonl"):
+        if record.get("step", 0) <= ckpt.step:
+            last.update(record)
+    last["step"] = ckpt.step
+    return {**last, "params": model_factory(ckpt.config).num_params(), "config": ckpt.config.to_dict(),
+            "processes": d.world, "pixel_tokens_per_s": last.get("pixel_tokens_per_s", 0.0), "skipped": [],
+            "checkpoint": str(ckpt.path), "already_complete": True, "steps_asked": tc.steps}
 
 
 def build_tokenizer(examples: list[Example], tc: TrainConfig) -> Tokenizer:
@@ -165,23 +233,30 @@ def build_tokenizer(examples: list[Example], tc: TrainConfig) -> Tokenizer:
 
 def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, *, resume: bool = False,
           eval_data: str | Path | None = None, image_root: str | Path | None = None,
-          progress: bool = True, on_step=None) -> dict:
+          data_kind: str = "auto", allow_outside_root: bool = False,
+          progress: bool = True, on_step=None, echo=None, model_factory=PixTokenLM) -> dict:
     """Train (or resume) a model; returns a summary of the final state. ``on_step(step)`` is called
-    after every optimizer step (tests use it to interrupt a run)."""
+    after every optimizer step (tests use it to interrupt a run); ``echo`` receives what the user
+    should know before training starts (how the data was read, temporaries removed).
+    ``model_factory(cfg)`` builds the model: a `PixTokenLM` subclass with another image encoder trains
+    through the same loop."""
     out = Path(out)
     d = setup_dist()
-    examples = load_examples(data, image_root)
+    existing = check_run_dir(out, resume, echo if d.main else None)
+    d.barrier()  # every rank has seen the folder as it was before rank 0 writes into it
+    data_kw = dict(kind=data_kind, allow_outside_root=allow_outside_root)
+    dataset = load_data(data, image_root, **data_kw)
+    examples = dataset.examples
     require_readable(examples, cfg.image_size, data)
     if eval_data is not None:
-        train_ex, eval_ex = examples, load_examples(eval_data, image_root)
+        eval_set = load_data(eval_data, image_root, **data_kw)
+        train_ex, eval_ex = examples, eval_set.examples
+        dataset.skipped += eval_set.skipped
     else:
         train_ex, eval_ex = holdout_split(examples, tc.eval_percent)
 
-    existing = find_checkpoint(out)
     ckpt = None
     if resume:
-        if existing is None:
-            raise CheckpointError(f"--resume given but {out} holds no checkpoint")
         ckpt = Checkpoint(existing)
         tensors, state = ckpt.train_state()  # refuses a weights-only checkpoint before any work
         tok = ckpt.tokenizer
@@ -189,15 +264,14 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
             raise CheckpointError(f"checkpoint {ckpt.path} was trained with another model config; "
                                   "resume with the same --preset")
         cfg = ckpt.config
+        if ckpt.step >= tc.steps:
+            return complete_run_summary(ckpt, out, d, tc, model_factory)
     else:
-        if existing is not None:
-            raise CheckpointError(f"{out} already holds a checkpoint; pass --resume to continue it "
-                                  "or choose another --out")
         tok = build_tokenizer(train_ex, tc)
         cfg = cfg.replace(text_vocab=tok.vocab_size)
 
     torch.manual_seed(tc.seed)
-    model = PixTokenLM(cfg).to(d.device)
+    model = model_factory(cfg).to(d.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -234,7 +308,12 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
         state["train_config"] = dataclasses.asdict(tc)
         save_checkpoint(out, model.state_dict(), cfg, tok, step_done, tensors, state)
 
+    skipped: list[str] = list(dataset.skipped)
+    batches = batch_stream(train_ex, tok, cfg, tc, d, start=step * tc.grad_accum)
+    if echo and d.main:  # once every check passed: an error stays the only line
+        echo(f"data: {dataset.reading}")
     metrics_path = out / "metrics.jsonl"
+    created = not out.exists()
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         if ckpt is not None:
@@ -251,51 +330,56 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
 
         bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
-    skipped: list[str] = []
-    batches = batch_stream(train_ex, tok, cfg, tc, d, start=step * tc.grad_accum)
     last = {}
     pixels_seen, t0 = 0, time.perf_counter()
-    model.train()
-    while step < tc.steps:
-        lr = lr_at(step, tc)
-        for group in opt.param_groups:
-            group["lr"] = lr
+    try:
+        model.train()
+        while step < tc.steps:
+            lr = lr_at(step, tc)
+            for group in opt.param_groups:
+                group["lr"] = lr
 
-        micro_loss = torch.zeros((), device=d.device)
-        for micro in range(tc.grad_accum):
-            batch = next(batches)
-            skipped += batch["skipped"]
-            t = to_device(batch, d.device)
-            sync = micro == tc.grad_accum - 1 or d.world == 1
-            with contextlib.nullcontext() if sync else ddp_model.no_sync(), autocast():
-                logits = ddp_model(t["tokens"], t["images"], t["sizes"])
-                loss = split_losses(logits, t["targets"], cfg.text_vocab)["loss"] / tc.grad_accum
-            scaler.scale(loss).backward()
-            micro_loss += loss.detach()
-            pixels_seen += t["images"].shape[0] * cfg.image_size**2
-        scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        step += 1
+            micro_loss = torch.zeros((), device=d.device)
+            for micro in range(tc.grad_accum):
+                batch = next(batches)
+                skipped += batch["skipped"]
+                t = to_device(batch, d.device)
+                sync = micro == tc.grad_accum - 1 or d.world == 1
+                with contextlib.nullcontext() if sync else ddp_model.no_sync(), autocast():
+                    logits = ddp_model(t["tokens"], t["images"], t["sizes"])
+                    loss = split_losses(logits, t["targets"], cfg.text_vocab)["loss"] / tc.grad_accum
+                scaler.scale(loss).backward()
+                micro_loss += loss.detach()
+                pixels_seen += t["images"].shape[0] * cfg.image_size**2
+            scaler.unscale_(opt)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            step += 1
 
-        loss_value = float(d.sum(micro_loss.clone()) / d.world)
-        last = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}
-        if step % tc.log_every == 0 or step == tc.steps:
-            elapsed = time.perf_counter() - t0
-            log({**last, "pixel_tokens_per_s": pixels_seen * d.world / max(elapsed, 1e-9)})
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
-            bar.update(1)
-        if (step % tc.eval_every == 0 or step == tc.steps) and eval_ex:
-            last.update(evaluate(model, eval_ex, tok, cfg, tc, d, autocast))
-            log({"step": step, **{k: v for k, v in last.items() if k.startswith("eval_")}})
-        if step % tc.ckpt_every == 0 or step == tc.steps:
-            save(step)
-            d.barrier()
-        if on_step is not None:
-            on_step(step)
+            loss_value = float(d.sum(micro_loss.clone()) / d.world)
+            last = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}
+            if step % tc.log_every == 0 or step == tc.steps:
+                elapsed = time.perf_counter() - t0
+                log({**last, "pixel_tokens_per_s": pixels_seen * d.world / max(elapsed, 1e-9)})
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
+                bar.update(1)
+            if (step % tc.eval_every == 0 or step == tc.steps) and eval_ex:
+                last.update(evaluate(model, eval_ex, tok, cfg, tc, d, autocast))
+                log({"step": step, **{k: v for k, v in last.items() if k.startswith("eval_")}})
+            if step % tc.ckpt_every == 0 or step == tc.steps:
+                save(step)
+                d.barrier()
+            if on_step is not None:
+                on_step(step)
+    except BaseException:
+        if bar is not None:  # end the bar's line so the error is printed on a line of its own
+            bar.close()
+        if created and d.main and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before writing anything leaves no empty folder behind
+        raise
 
     if bar is not None:
         bar.close()

@@ -7,11 +7,19 @@
         text_embeddings.npy    the word-embedding table, looked up in numpy
         tokenizer.json
         parity.json            what the export measured against PyTorch
+        variants/NAME/         more precisions of the same graphs (fp16, int8-tensorrt, int8-cpu), each
+                               listed in the manifest with its precision, target and parity result
+
+Variants: the manifest's ``variants`` maps a name to its precision, target, graphs and parity record;
+every file's checksum stays in the one ``files`` table. A bundle written before variants existed has only
+the top-level ``graphs``: they are its ``fp32`` variant. ``Bundle.graph_path(graph, variant)`` is the one
+place that answers "which file is graph X of variant V".
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +31,7 @@ from pixdeploy.tokenizer import Tokenizer
 
 FORMAT = "pixdeploy-bundle"
 FORMAT_VERSION = 1
+DEFAULT_VARIANT = "fp32"  # what runs unless the user names another variant
 
 
 class BundleError(PixdeployError):
@@ -30,6 +39,9 @@ class BundleError(PixdeployError):
 
 
 class Bundle:
+    """A bundle on disk. Constructing one runs `verify`: the one verification every reader uses
+    (`Pipeline.load`, `inspect`, export's own check), so a bundle one command refuses no other accepts."""
+
     def __init__(self, path, verify: bool = True):
         self.path = Path(path)
         manifest = self.path / "manifest.json"
@@ -48,34 +60,92 @@ class Bundle:
         if verify:
             self.verify()
         try:
-            self.config = ModelConfig.from_dict(m["config"])
+            self.config = ModelConfig.from_dict(self._field("config", dict))
             self.tokenizer = Tokenizer.load(self.path / "tokenizer.json")
-            self.graphs = m["graphs"]
-        except (KeyError, TypeError, PixdeployError) as e:
+            self.graphs = self._field("graphs", dict)
+        except (KeyError, TypeError, ValueError, PixdeployError) as e:
             raise BundleError(f"damaged bundle {self.path}: {e}") from None
 
+    def _field(self, name: str, kind: type):
+        value = self.manifest.get(name)
+        if not isinstance(value, kind) or not value:
+            raise BundleError(f"damaged bundle {self.path}: manifest.json has no {name!r} field"
+                              + ("" if value is None else f" of the right kind (found {type(value).__name__})"))
+        return value
+
     def verify(self) -> None:
-        files = self.manifest.get("files")
-        if not isinstance(files, dict) or not files:
-            raise BundleError(f"damaged bundle {self.path}: manifest lists no files")
+        """Everything a bundle must be before anything runs: manifest fields present, every file listed
+        with a plain name and its checksum, every graph among the listed files, a tokenizer that loads
+        and an embeddings table of the configured shape. Raises one BundleError naming what is wrong."""
+        files = self._field("files", dict)
         for name, info in files.items():
+            norm = os.path.normpath(name) if isinstance(name, str) and name else ".."
+            if os.path.isabs(name) or norm == ".." or norm.startswith(".." + os.sep) or norm == ".":
+                # a manifest must not make a reader open files outside the bundle
+                raise BundleError(f"damaged bundle {self.path}: manifest lists {name!r}, a path outside the bundle")
             f = self.path / name
             if not f.is_file():
                 raise BundleError(f"damaged bundle {self.path}: {name} is missing")
-            if sha256(f) != info.get("sha256"):
+            if not isinstance(info, dict) or sha256(f) != info.get("sha256"):
                 raise BundleError(f"damaged bundle {self.path}: {name} does not match its checksum")
+        graphs = self._field("graphs", dict)
+        for graph in ("image_encoder", "decoder"):
+            entry = graphs.get(graph)
+            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+                raise BundleError(f"damaged bundle {self.path}: manifest.json has no {graph!r} graph entry")
+            if entry["file"] not in files:  # only checksummed files are ever loaded
+                raise BundleError(f"damaged bundle {self.path}: graph file {entry['file']!r} is not among "
+                                  "the checksummed files")
+        for name in ("tokenizer.json", "text_embeddings.npy"):
+            if name not in files:
+                raise BundleError(f"damaged bundle {self.path}: manifest lists no {name}")
+        try:
+            self.config = ModelConfig.from_dict(self._field("config", dict))
+            self.tokenizer = Tokenizer.load(self.path / "tokenizer.json")
+        except (KeyError, TypeError, ValueError, PixdeployError) as e:
+            raise BundleError(f"damaged bundle {self.path}: {e}") from None
+        self._embeddings = self.text_embeddings()  # read once: Pipeline takes the verified table
 
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def graph_path(self, graph: str) -> Path:
-        return self.path / self.graphs[graph]["file"]
+    @property
+    def variants(self) -> dict[str, dict]:
+        """Every variant: name -> {precision, target, graphs, parity}; fp32 first."""
+        listed = self.manifest.get("variants")
+        fp32 = {"precision": "fp32", "target": "any", "graphs": self.graphs, "parity": self.manifest.get("parity")}
+        out = {DEFAULT_VARIANT: fp32}
+        if isinstance(listed, dict):  # absent in bundles written before variants existed
+            out.update((k, v) for k, v in listed.items() if k != DEFAULT_VARIANT and isinstance(v, dict))
+        return out
+
+    def variant(self, name: str = DEFAULT_VARIANT) -> dict:
+        variants = self.variants
+        if name not in variants:
+            raise BundleError(f"bundle {self.path} has no variant {name!r}; it has: {', '.join(variants)}")
+        return variants[name]
+
+    def graph_path(self, graph: str, variant: str = DEFAULT_VARIANT) -> Path:
+        """The file of ``graph`` (image_encoder, decoder) in ``variant``: the one place that knows the layout."""
+        graphs = self.variant(variant).get("graphs")
+        try:
+            name = Path(graphs[graph]["file"])
+        except (KeyError, TypeError):
+            raise BundleError(f"damaged bundle {self.path}: variant {variant!r} lists no graph {graph!r}") from None
+        if name.is_absolute() or ".." in name.parts:  # a bundle is untrusted: never read outside it
+            raise BundleError(f"damaged bundle {self.path}: graph file {name} lies outside the bundle")
+        return self.path / name
 
     def text_embeddings(self) -> np.ndarray:
+        if getattr(self, "_embeddings", None) is not None:
+            return self._embeddings
         try:
             table = np.load(self.path / "text_embeddings.npy", allow_pickle=False)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:
             raise BundleError(f"damaged bundle {self.path}: text_embeddings.npy: {e}") from None
+        if not isinstance(table, np.ndarray) or table.dtype != np.float32:
+            raise BundleError(f"damaged bundle {self.path}: text_embeddings.npy is not a float32 array")
         if table.shape != (self.config.text_vocab, self.config.dim):
-            raise BundleError(f"damaged bundle {self.path}: text embeddings have shape {table.shape}")
+            raise BundleError(f"damaged bundle {self.path}: text embeddings have shape {table.shape}, "
+                              f"expected {(self.config.text_vocab, self.config.dim)}")
         return table

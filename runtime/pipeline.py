@@ -12,30 +12,34 @@ same tokens they were in training.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from pixdeploy.runtime.backends import make_runner
-from pixdeploy.runtime.bundle import Bundle
-from pixdeploy.runtime.sampling import sample
+from pixdeploy.runtime.bundle import DEFAULT_VARIANT, Bundle
+from pixdeploy.runtime.sampling import check_sampling, sample
 
 from pixdeploy.config import EOS_ID, IMAGE_SLOT
-from pixdeploy.errors import PixdeployError
+from pixdeploy.errors import ContextLimitWarning, PixdeployError
 from pixdeploy.folding import prepare_batch
 from pixdeploy.sequence import collect_until_stop, image_prompt
 
 
 class Pipeline:
-    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", device: str = "auto", **backend_options):
+    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", device: str = "auto",
+                 variant: str = DEFAULT_VARIANT, **backend_options):
         # backend_options: e.g. allow_host_code=True for version-compatible TensorRT engines (an explicit opt-in)
         self.bundle, self.cfg, self.tokenizer = bundle, bundle.config, bundle.tokenizer
-        self.encoder = make_runner(backend, bundle.graph_path("image_encoder"), device, **backend_options)
-        self.decoder = make_runner(backend, bundle.graph_path("decoder"), device, **backend_options)
+        self.variant = variant  # fp32, fp16, int8-tensorrt, int8-cpu: graphs of one precision
+        self.encoder = make_runner(backend, bundle.graph_path("image_encoder", variant), device, **backend_options)
+        self.decoder = make_runner(backend, bundle.graph_path("decoder", variant), device, **backend_options)
         self.text_embeddings = bundle.text_embeddings()
 
     @classmethod
-    def load(cls, path, backend: str = "onnxruntime", device: str = "auto", **backend_options) -> Pipeline:
-        return cls(Bundle(path), backend, device, **backend_options)
+    def load(cls, path, backend: str = "onnxruntime", device: str = "auto", variant: str = DEFAULT_VARIANT,
+             **backend_options) -> Pipeline:
+        return cls(Bundle(path), backend, device, variant, **backend_options)
 
     # ---- images ----
 
@@ -94,9 +98,14 @@ class Pipeline:
                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                      stop: Sequence[int] | None = (EOS_ID,), seed: int = 0) -> Iterator[np.ndarray]:
         """`token_steps` from window embeddings already computed and prompt ids already built."""
+        check_sampling(temperature, top_k, top_p)
         logits, cache = self.prefill(window_embeddings, ids)
         rng = np.random.default_rng(seed)
         n = min(max_new_tokens, self.cfg.max_seq_len - len(ids))
+        if n < max_new_tokens:  # said, not silent: the caller asked for more than the context holds
+            warnings.warn(ContextLimitWarning(
+                f"the context holds {self.cfg.max_seq_len} tokens and the prompt takes {len(ids)}: generating "
+                f"at most {n} of the {max_new_tokens} new tokens asked for"), stacklevel=2)
         done = np.zeros(len(logits), dtype=bool)
         for i in range(n):
             nxt = sample(logits[:, : self.cfg.text_vocab], temperature, top_k, top_p, rng)

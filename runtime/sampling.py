@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from pixdeploy.errors import PixdeployError
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """Refuse settings that pass naive range checks but break sampling (NaN compares false with all)."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise PixdeployError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if not (isinstance(top_p, (int, float)) and math.isfinite(top_p) and 0 < top_p <= 1):
+        raise PixdeployError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise PixdeployError(f"top_k must be an integer >= 0, got {top_k!r}")
 
 
 def sample(logits: np.ndarray, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,

@@ -9,7 +9,9 @@ def test_demo_end_to_end_on_a_small_plan(tmp_path):
     """The demo's whole path — data, training, PyTorch reading, export, parity, runtime reading — on a
     plan small enough for CI. (The real plan's numbers are measured by running `pixdeploy demo`.)"""
     lines = []
-    plan = DemoPlan(n_train=64, n_eval=16, steps=6, batch_size=8)
+    # No quantized variants: after 6 steps the model's answers are noise that int8 rounding may flip (the
+    # quantize step is tested on its own in tests/export/test_quantize.py; the real plan runs it).
+    plan = DemoPlan(n_train=64, n_eval=16, steps=6, batch_size=8, variants=())
     result = run_demo(tmp_path / "demo", echo=lines.append, plan=plan)
     text = "\n".join(lines)
     assert result["total"] == 16 and result["identical"] == 16

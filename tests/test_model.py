@@ -133,3 +133,32 @@ def test_tiny_model_memorises_a_handful_of_images(tiny_cfg, digit_images, tmp_pa
         loss.backward()
         opt.step()
     assert loss.item() < 0.05, loss.item()
+
+
+@pytest.mark.parametrize("preset_name, layers", [("tiny", 2), ("tiny", 1), ("small", 3)])
+@torch.no_grad()
+def test_pruned_encoder_equals_the_full_form_on_real_letterboxed_images(preset_name, layers, photo, digit_images):
+    from pixdeploy.config import preset
+    from pixdeploy.folding import prepare_batch
+
+    cfg = preset(preset_name).replace(image_layers=layers)
+    torch.manual_seed(3)
+    model = PixTokenLM(cfg).eval()
+    # A wide photo (bottom padding, all-padding windows), a digit (tiny, mostly padding), a square crop.
+    imgs, sizes = prepare_batch([photo, digit_images[0][0], photo.crop((0, 0, 300, 300))], cfg.image_size)
+    imgs, sizes = torch.from_numpy(imgs), torch.from_numpy(sizes)
+    full = model.encode_images(imgs, sizes, prune=False)
+    pruned = model.encode_images(imgs, sizes)
+    torch.testing.assert_close(pruned, full, rtol=1e-5, atol=1e-5)
+    assert (full[0] - full[2]).abs().max() > 1e-3  # the inputs differ, so a match is not vacuous
+
+
+def test_training_runs_every_row_of_the_last_image_layer(model):
+    seen = []
+    hook = model.image_blocks[-1].mlp.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    cfg = model.cfg
+    tokens = torch.tensor([image_prompt(cfg.n_windows, [7])])
+    model.train()(tokens, rand_images(cfg, 1), full_sizes(cfg, 1))
+    model.eval().encode_images(rand_images(cfg, 1), full_sizes(cfg, 1))
+    hook.remove()
+    assert seen == [(cfg.n_windows, cfg.window_tokens, cfg.dim), (cfg.n_windows, 1, cfg.dim)]

@@ -6,6 +6,7 @@ handling and the helpers the stages share."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except PixdeployError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
+            click.secho(printable(f"error: {e}"), fg="red", err=True)
             sys.exit(1)
         except ModuleNotFoundError as e:
             extra = EXTRAS.get((e.name or "").split(".")[0])
@@ -32,11 +33,23 @@ class Group(click.Group):
             click.secho(f"error: this command needs {e.name}: pip install \"pixdeploy[{extra}]\"", fg="red", err=True)
             sys.exit(1)
         except OSError as e:  # disk full, permission denied, ...: the user's environment, not a bug
-            click.secho(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), fg="red", err=True)
+            click.secho(printable(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": ")), fg="red", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except click.UsageError as e:
+            # A bad option value is a user error like any other: one line (click would print the usage
+            # block and a hint first), with click's exit status 2 and where to read more.
+            where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+            click.secho(printable(f"error: {e.format_message()}{where}"), fg="red", err=True)
+            sys.exit(e.exit_code)
+
+
+def printable(text: str) -> str:
+    """Text safe to print: a file name that is not valid UTF-8 reaches Python as surrogate escapes,
+    which a UTF-8 stream refuses; its undecodable bytes are shown as U+FFFD instead."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @click.group(cls=Group)
@@ -45,15 +58,34 @@ def main():
     """Train, export and run pixel-token language models (arXiv 2605.14028)."""
 
 
-def image_list(paths) -> list[Path]:
-    """Files as given; folders expanded to the images inside them."""
+class FiniteFloat(click.FloatRange):
+    """A float option that rejects NaN and infinity: they pass every range comparison (NaN) or break
+    arithmetic far from the command line (inf), so they are refused where the user typed them.
+    Every float option of every command uses this type."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+def image_list(paths, read: bool = False) -> list[Path]:
+    """Files as given; folders expanded to the images inside them. ``read``: open each one now, so a
+    bad image is reported before long work (an export) rather than after it."""
     from pixdeploy.data import find_images
+    from pixdeploy.folding import load_image
 
     out = []
     for p in map(Path, paths):
         out += find_images(p) if p.is_dir() else [p]
     if not out:
         raise PixdeployError("no images given (or the folders hold none)")
+    if read:
+        for p in out:
+            load_image(p)
     return out
 
 
@@ -68,10 +100,13 @@ def parse_overrides(items: tuple[str, ...]) -> dict:
             out[key.strip()] = json.loads(value)
         except ValueError:
             out[key.strip()] = value
+        number = out[key.strip()]
+        if isinstance(number, float) and not math.isfinite(number):  # json reads NaN and Infinity
+            raise PixdeployError(f"--set {key.strip()}: {value!r} is not a finite number")
     return out
 
 
 
 
 # The stages register their commands on import (kept last: they import `main` from here).
-from pixdeploy.cli import engine, export, inspect, run, serve, train  # noqa: E402, F401
+from pixdeploy.cli import bench, engine, export, inspect, quantize, run, serve, train  # noqa: E402, F401

@@ -24,7 +24,7 @@ def export_cmd(checkpoint, out, parity_images, force, target):
     """Export a checkpoint to a bundle of ONNX graphs, gated on parity with PyTorch."""
     from pixdeploy.export.bundle import export_bundle
 
-    images = image_list(parity_images) if parity_images else None
+    images = image_list(parity_images, read=True) if parity_images else None
     bundle, result = export_bundle(checkpoint, out, images=images, force=force, echo=click.echo, target=target)
     click.echo(result.table())
     click.echo(f"bundle: {bundle.path}")
@@ -35,16 +35,18 @@ def export_cmd(checkpoint, out, parity_images, force, target):
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
 @click.option("--images", "parity_images", multiple=True, type=click.Path(path_type=Path))
 @click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Greedy decode steps.")
-def parity(bundle, checkpoint, parity_images, steps):
+@click.option("--variant", default="fp32", show_default=True,
+              help="Which variant to check, against its precision's limits.")
+def parity(bundle, checkpoint, parity_images, steps, variant):
     """Check a bundle against its PyTorch checkpoint; exit 1 if any check fails."""
     from pixdeploy.checkpoint import Checkpoint
     from pixdeploy.export.parity import check_parity, default_parity_images
     from pixdeploy.runtime import Pipeline
 
-    pipe = Pipeline.load(bundle, device="cpu")
+    images = image_list(parity_images, read=True) if parity_images else default_parity_images()
+    pipe = Pipeline.load(bundle, device="cpu", variant=variant)
     model = Checkpoint(checkpoint).load_model()
-    result = check_parity(model, pipe, image_list(parity_images) if parity_images else default_parity_images(),
-                          steps=steps)
+    result = check_parity(model, pipe, images, precision=pipe.bundle.variant(variant)["precision"], steps=steps)
     click.echo(result.table())
     if not result:
         raise PixdeployError("parity failed: " + ", ".join(c.name for c in result.failures))

@@ -18,7 +18,12 @@ def describe_custom_ops(path: Path) -> list[str]:
         import onnx
     except ImportError:  # a runtime-only install (e.g. a Jetson) need not have onnx
         return ["custom ops: not listed (pip install onnx to list them)"]
-    proto = onnx.load(str(path), load_external_data=False)
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError) as e:
+        return [f"custom ops: not listed ({path.name} does not parse: {str(e).splitlines()[0][:200]})"]
     custom = Counter((n.domain, n.op_type) for n in proto.graph.node if n.domain not in ("", "ai.onnx"))
     bodies = {(f.domain, f.name) for f in proto.functions}
     return [f"custom op {domain}::{op} x{count}, "
@@ -26,45 +31,108 @@ def describe_custom_ops(path: Path) -> list[str]:
             for (domain, op), count in custom.items()]
 
 
+def tensor_type(v) -> str:
+    return f"{v.get('dtype', '?')}{v.get('shape', '?')}" if isinstance(v, dict) else "?"
+
+
+def load_graphs(bundle) -> str:
+    """Load both graphs as `Pipeline.load` does (onnxruntime, CPU); one line saying what was checked."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return 'graphs: checksums verified; not loaded (pip install "pixdeploy[onnx]" to check that they load)'
+    from pixdeploy.runtime import Pipeline
+
+    Pipeline(bundle, device="cpu")
+    return "graphs: verified and loaded (onnxruntime, CPU)"
+
+
+def read_parity(bundle) -> dict | None:
+    """parity.json as the exporter wrote it; a damaged one is a damaged bundle, not a traceback."""
+    from pixdeploy.runtime.bundle import BundleError
+
+    path = bundle.file("parity.json")
+    if not path.is_file():
+        return None
+    try:
+        parity = json.loads(path.read_text(encoding="utf-8"))
+        checks = [(str(c["name"]), float(c["value"])) for c in parity["checks"]]
+        return {"precision": str(parity["precision"]), "passed": parity["passed"] is True, "checks": checks}
+    except (ValueError, KeyError, TypeError) as e:
+        raise BundleError(f"damaged bundle {bundle.path}: parity.json unreadable ({e!r})") from None
+
+
+def export_profile(bundle):
+    """The export target the manifest records (which runtimes can parse the graphs)."""
+    from pixdeploy.export.profiles import bundle_profile
+    from pixdeploy.runtime.bundle import BundleError
+
+    try:
+        return bundle_profile(bundle.manifest)
+    except (AttributeError, TypeError):  # a manifest edited by hand: one line, not a traceback
+        raise BundleError(f"damaged bundle {bundle.path}: manifest.json export_profile is malformed") from None
+
+
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 def inspect(bundle):
-    """Show a bundle's manifest, graphs, custom ops, sizes and opset."""
+    """Show a bundle's manifest, graphs, custom ops, sizes and opset, once it passes the checks loading runs."""
     from pixdeploy.runtime import Bundle
 
-    b = Bundle(bundle)
+    b = Bundle(bundle)  # the verification every loader runs: refused here exactly when generate/embed refuse
+    graphs_loaded = load_graphs(b)  # ...and the graphs load, before a line of the report is printed
+    parity = read_parity(b)
+    profile = export_profile(b)
     m = b.manifest
     cfg = b.config
-    click.echo(f"{b.path}: {m['format']} v{m['format_version']}, {m['producer']}, precision {m['precision']}")
+    click.echo(f"{b.path}: {m['format']} v{m['format_version']}, {m.get('producer', '?')}, "
+               f"precision {m.get('precision', '?')}")
     click.echo(f"model: dim {cfg.dim}, {cfg.image_layers} image + {cfg.n_layers} decoder layers, "
                f"image {cfg.image_size} window {cfg.window} fold {cfg.fold} ({cfg.n_colors} colours), "
                f"text vocab {cfg.text_vocab}, context {cfg.max_seq_len}")
-    click.echo(f"onnx: opset {m['onnx']['opset']}, IR {m['onnx']['ir_version']}")
-    from pixdeploy.export.profiles import bundle_profile
-
-    profile = bundle_profile(m)  # export target: which runtimes can parse the graphs
+    onnx_info = m.get("onnx") if isinstance(m.get("onnx"), dict) else {}  # descriptive only: never trusted
+    click.echo(f"onnx: opset {onnx_info.get('opset', '?')}, IR {onnx_info.get('ir_version', '?')}")
     click.echo(f"export target: {profile.name} ({profile.suits})")
     for name, g in b.graphs.items():
         size = b.graph_path(name).stat().st_size
-        click.echo(f"  {g['file']} ({size / 1e6:.1f} MB): {g['purpose']}")
+        click.echo(f"  {g['file']} ({size / 1e6:.1f} MB): {g.get('purpose', '?')}")
         for kind in ("inputs", "outputs"):
-            tensors = g[kind]
+            tensors = g.get(kind) if isinstance(g.get(kind), dict) else {}
             cache = [k for k in tensors if k.startswith(("past_", "present_"))]
-            sig = [f"{k} {v['dtype']}{v['shape']}" for k, v in tensors.items() if k not in cache]
+            sig = [f"{k} {tensor_type(v)}" for k, v in tensors.items() if k not in cache]
             if cache:
-                v = tensors[cache[0]]
-                sig.append(f"{len(cache)} KV-cache tensors {v['dtype']}{v['shape']}")
+                sig.append(f"{len(cache)} KV-cache tensors {tensor_type(tensors[cache[0]])}")
             click.echo(f"    {kind}: {', '.join(sig)}")
         for line in describe_custom_ops(b.graph_path(name)):
             click.echo(f"    {line}")
+    click.echo(graphs_loaded)
     from pixdeploy.runtime.tensorrt_backend import describe_engines
 
     for line in describe_engines(b.path):  # TensorRT engines built into the bundle, if any
         click.echo(line)
-    parity = json.loads(b.file("parity.json").read_text()) if b.file("parity.json").is_file() else None
     if parity:
         click.echo(f"parity ({parity['precision']}): {'passed' if parity['passed'] else 'FAILED'}")
-        for c in parity["checks"]:
-            click.echo(f"    {c['name']}: {c['value']:.3g}")
+        for name, value in parity["checks"]:
+            click.echo(f"    {name}: {value:.3g}")
+    for line in describe_variants(b, parity):
+        click.echo(line)
+
+
+def describe_variants(b, fp32_parity: dict | None) -> list[str]:
+    """The variants side by side: precision, target, size, and what their parity gate measured."""
+    variants = b.variants
+    if len(variants) == 1:
+        return []
+    checks = sorted({k for v in variants.values() for k in ((v.get("parity") or {}).get("checks") or {})})
+    rows = [["variant", "precision", "target", "MB", *checks]]
+    for name, v in variants.items():
+        size = sum(b.graph_path(g, name).stat().st_size for g in v["graphs"]) / 1e6
+        measured = (v.get("parity") or {}).get("checks") or {}
+        if name == "fp32" and not measured and fp32_parity:  # fp32 records its checks in parity.json
+            measured = dict(fp32_parity["checks"])
+        rows.append([name, v.get("precision", "?"), v.get("target", "?"), f"{size:.1f}",
+                     *(f"{measured[k]:.6g}" if k in measured else "-" for k in checks)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["variants:"] + ["    " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import main, parse_overrides
+from pixdeploy.cli import FiniteFloat, main, parse_overrides
 from pixdeploy.config import PRESETS
 
 
@@ -16,7 +16,7 @@ def train_options(f):
         click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
                      help="Examples per process per micro-step."),
         click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=6e-4, show_default=True),
+        click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=6e-4, show_default=True),
         click.option("--warmup", type=click.IntRange(min=1), default=100, show_default=True),
         click.option("--eval-every", type=click.IntRange(min=1), default=200, show_default=True),
         click.option("--ckpt-every", type=click.IntRange(min=1), default=200, show_default=True),
@@ -42,10 +42,15 @@ def train_options(f):
               help="An image folder, a mixed text file, or a folder of mixed text files.")
 @click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out data (default: --eval-percent of --data).")
 @click.option("--image-root", type=click.Path(path_type=Path), help="Where mixed text image paths start.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (checkpoint, metrics).")
+@click.option("--allow-outside-image-root", "allow_outside_root", is_flag=True,
+              help="Read mixed-text image paths that leave the image root (../x.png, absolute paths).")
+@click.option("--data-kind", type=click.Choice(["auto", "images", "mixed"]), default="auto", show_default=True,
+              help="How to read a --data folder: auto refuses a folder that could be either.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Run directory (checkpoint, metrics); new or empty unless --resume.")
 @click.option("--resume", is_flag=True, help="Continue the run whose checkpoint is in --out.")
 @train_options
-def train(preset, overrides, data, eval_data, image_root, out, resume, **kw):
+def train(preset, overrides, data, eval_data, image_root, allow_outside_root, data_kind, out, resume, **kw):
     """Pretrain a model (also under torchrun for several processes)."""
     from pixdeploy.config import preset as get_preset
     from pixdeploy.training import TrainConfig
@@ -53,7 +58,9 @@ def train(preset, overrides, data, eval_data, image_root, out, resume, **kw):
 
     cfg = get_preset(preset).replace(**parse_overrides(overrides))
     tc = TrainConfig(**kw)
-    summary = run_training(data, out, cfg, tc, resume=resume, eval_data=eval_data, image_root=image_root)
+    summary = run_training(data, out, cfg, tc, resume=resume, eval_data=eval_data, image_root=image_root,
+                           data_kind=data_kind, allow_outside_root=allow_outside_root,
+                           echo=lambda line: click.echo(line, err=True))
     report_training(summary)
     _finish_distributed()
 
@@ -67,12 +74,20 @@ def _finish_distributed():
 
 def report_training(summary: dict) -> None:
     losses = ", ".join(f"{k} {summary[k]:.4f}" for k in ("loss", "eval_pixel_loss", "eval_word_loss") if k in summary)
+    if summary.get("already_complete"):
+        click.echo(f"run already complete at step {summary['step']} (--steps {summary['steps_asked']}): nothing "
+                   f"to train; pass a larger --steps to continue it")
+        click.echo(f"step {summary['step']}: {losses}; {summary['params']:,} parameters")
+        click.echo(f"checkpoint: {summary['checkpoint']}")
+        return
     click.echo(f"step {summary.get('step', 0)}: {losses}; {summary['pixel_tokens_per_s']:,.0f} pixel tokens/s; "
                f"{summary['params']:,} parameters; {summary['processes']} process(es)")
     if summary["skipped"]:
-        click.echo(f"skipped {len(summary['skipped'])} unreadable file(s):", err=True)
+        click.echo(f"skipped {len(summary['skipped'])} unreadable file(s) or unusable line(s):", err=True)
         for line in summary["skipped"][:10]:
             click.echo(f"  {line}", err=True)
+        if len(summary["skipped"]) > 10:  # counted in full, listed in part
+            click.echo(f"  ... and {len(summary['skipped']) - 10} more", err=True)
     click.echo(f"checkpoint: {summary['checkpoint']}")
 
 

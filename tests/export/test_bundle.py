@@ -18,8 +18,9 @@ def test_bundle_contents_and_custom_ops(tiny_bundle):
     enc = onnx.load(str(tiny_bundle / "image_encoder.onnx"))
     onnx.checker.check_model(enc, full_check=True)
     ops = [f"{n.domain}::{n.op_type}" for n in enc.graph.node]
-    assert ops.count("pixdeploy::ColorFold") == 1 and ops.count("pixdeploy::WindowAttention") == 2
-    assert {f.name for f in enc.functions} == {"ColorFold", "WindowAttention"}
+    assert ops.count("pixdeploy::ColorFold") == 1 and ops.count("pixdeploy::WindowAttention") == 1
+    assert ops.count("pixdeploy::WindowSummaryAttention") == 1  # the pruned last image layer
+    assert {f.name for f in enc.functions} == {"ColorFold", "WindowAttention", "WindowSummaryAttention"}
     assert enc.ir_version == 11 and {o.domain: o.version for o in enc.opset_import}[""] == 23
     dec = onnx.load(str(tiny_bundle / "decoder.onnx"))
     onnx.checker.check_model(dec, full_check=True)

@@ -1,0 +1,39 @@
+"""`quantize`: fp16 and int8 variants of a bundle, each gated on parity with the PyTorch fp32 model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pixdeploy.cli import image_list, main
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", required=True, metavar="fp16|int8", help="Precision of the new variant.")
+@click.option("--target", default="tensorrt", show_default=True, metavar="tensorrt|cpu",
+              help="Where int8 runs: tensorrt (symmetric Q/DQ) or cpu (fast on onnxruntime CPU). "
+                   "fp16 graphs are the same for both.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Folder of real images to calibrate int8 on; default: sample photos shipped with scikit-learn.")
+@click.option("--calib-count", type=int, default=None, help="Calibrate on this many of them, spread evenly.")
+@click.option("--calib-cache", type=click.Path(path_type=Path), default=None,
+              help="Calibration cache: reused when it exists (same ranges, nothing recomputed), written otherwise.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="The PyTorch checkpoint to check parity against; default: the one the bundle was exported from.")
+@click.option("--images", "parity_images", multiple=True, type=click.Path(path_type=Path),
+              help="Images (or folders) for the parity gate; default: real photos shipped with scikit-learn.")
+@click.option("--steps", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Greedy decode steps compared with PyTorch per parity image.")
+@click.option("--force", is_flag=True, help="Replace a variant the bundle already has (once the new one passes).")
+def quantize(bundle, precision, target, calib, calib_count, calib_cache, checkpoint, parity_images, steps, force):
+    """Add an fp16 or int8 variant to a bundle, gated on parity with the PyTorch fp32 model."""
+    from pixdeploy.export.quantize import quantize_bundle
+
+    images = image_list(parity_images) if parity_images else None
+    b, result = quantize_bundle(bundle, precision, target, checkpoint=checkpoint, calib=calib, calib_count=calib_count,
+                                calib_cache=calib_cache, parity_images=images, steps=steps, force=force,
+                                echo=click.echo)
+    click.echo(result.table())
+    click.echo(f"bundle: {b.path} (variants: {', '.join(b.variants)})")

@@ -1,0 +1,87 @@
+"""The fixed-seed tiny model, the fixed real images and the stored goldens of the parity regression suite.
+
+Goldens change only through the regeneration command (after a change meant to alter the answers):
+
+    python tests/regression/golden_model.py
+
+which exports the model afresh, runs the bundle and overwrites `goldens/<variant>.npz` (numpy arrays,
+no pickle) and `goldens/<variant>.json` (what produced them).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+GOLDENS = Path(__file__).resolve().parent / "goldens"
+REGENERATE = "python tests/regression/golden_model.py"
+STEPS = 12  # greedy tokens compared per image
+SEED = 1234
+
+
+def make_checkpoint(out: Path) -> Path:
+    """A seeded tiny model with a real BPE tokenizer (weights from torch's CPU generator: the same on every
+    machine for one torch version)."""
+    import torch
+
+    from pixdeploy.checkpoint import save_checkpoint
+    from pixdeploy.config import preset
+    from pixdeploy.model import PixTokenLM
+    from pixdeploy.tokenizer import Tokenizer
+
+    tok = Tokenizer.train([str(n) for n in range(100)] + ["the number", "a photo of"], 300)
+    cfg = preset("tiny").replace(text_vocab=tok.vocab_size)
+    torch.manual_seed(SEED)
+    model = PixTokenLM(cfg)
+    save_checkpoint(out, model.state_dict(), cfg, tok, step=0)
+    return out
+
+
+def golden_images() -> list:
+    """Two real photos (wide: letterboxed) and two real handwritten digits, from scikit-learn."""
+    from pixdeploy.sample_images import sample_images
+
+    images = sample_images()
+    return [images[0], images[1], images[2], images[5]]
+
+
+def answers(pipe) -> dict[str, np.ndarray]:
+    """What a bundle answers on the golden images: embeddings, prefill logits, greedy tokens."""
+    rgb, sizes = pipe.preprocess(golden_images())
+    emb = pipe.embed_letterboxed(rgb, sizes)
+    ids = pipe.prompt_ids()
+    logits, _ = pipe.prefill(emb, ids)
+    tokens = np.stack(list(pipe.decode_steps(emb, ids, max_new_tokens=STEPS, stop=None)), 1)
+    return {"embeddings": emb, "prefill_logits": logits, "greedy_tokens": tokens}
+
+
+def load(variant: str) -> tuple[dict[str, np.ndarray], dict]:
+    with np.load(GOLDENS / f"{variant}.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return arrays, json.loads((GOLDENS / f"{variant}.json").read_text())
+
+
+def regenerate(variant: str = "fp32") -> None:
+    from pixdeploy.export.bundle import export_bundle
+    from pixdeploy.runtime.bench import library_versions, load_pipeline, machine
+
+    with tempfile.TemporaryDirectory() as d:
+        ck = make_checkpoint(Path(d) / "ckpt")
+        bundle, _ = export_bundle(ck, Path(d) / "bundle", echo=lambda *_: None)
+        got = answers(load_pipeline(bundle.path, variant, "onnxruntime", "cpu"))
+    GOLDENS.mkdir(exist_ok=True)
+    with open(GOLDENS / f"{variant}.npz", "wb") as f:
+        np.savez(f, **got)
+    meta = {"variant": variant, "regenerate": REGENERATE, "machine": machine()["cpu"], "libraries": library_versions(),
+            "steps": STEPS, "seed": SEED}
+    (GOLDENS / f"{variant}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {GOLDENS / variant}.npz and .json")
+
+
+if __name__ == "__main__":
+    for v in sys.argv[1:] or ["fp32"]:
+        regenerate(v)

@@ -18,7 +18,6 @@ mark over its warm-up. Torch-free: the baseline (`pixdeploy.eager_baseline`) is 
 from __future__ import annotations
 
 import datetime
-import inspect
 import os
 import platform
 import shutil
@@ -168,14 +167,10 @@ class Case:
 
 
 def load_pipeline(bundle, variant: str, backend: str, device: str):
-    """`Pipeline.load` for the variant asked for; a Pipeline without precision variants runs fp32 only."""
+    """`Pipeline.load` for the variant asked for (the bundle refuses a variant it does not hold)."""
     from pixdeploy.runtime.pipeline import Pipeline
 
-    if "variant" in inspect.signature(Pipeline.load).parameters:
-        return Pipeline.load(bundle, variant=variant, backend=backend, device=device)
-    if variant != "fp32":
-        raise PixdeployError(f"variant {variant!r} is not available: this pixdeploy runs fp32 bundles only")
-    return Pipeline.load(bundle, backend=backend, device=device)
+    return Pipeline.load(bundle, variant=variant, backend=backend, device=device)
 
 
 def filler_ids(pipe, length: int, seed: int = 0) -> list[int]:

@@ -50,7 +50,7 @@ def test_bad_input_is_one_line(tiny_bundle, tmp_path):
     assert run(tiny_bundle, "--compare", tmp_path / "none.json").output.strip() == \
         f"error: {tmp_path / 'none.json'}: no such file"
     assert run(tiny_bundle, "--variant", "fp16").output.strip() == \
-        "error: variant 'fp16' is not available: this pixdeploy runs fp32 bundles only"
+        f"error: bundle {tiny_bundle} has no variant 'fp16'; it has: fp32"
     assert run(tiny_bundle, "--backend", "nope").output.strip().startswith("error: unknown backend 'nope'")
     trt = run(tiny_bundle, "--backend", "tensorrt")  # passed through to Pipeline.load; no TensorRT here
     assert trt.exit_code == 1 and len(trt.output.strip().splitlines()) == 1 and trt.output.startswith("error: ")

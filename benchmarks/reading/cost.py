@@ -24,13 +24,16 @@ def count_params(model: torch.nn.Module) -> dict:
 
 @torch.no_grad()
 def encoder_flops(model: torch.nn.Module, cfg: ModelConfig) -> int:
-    """FLOPs of ``model.encode_images`` on one full-size image (counted, not estimated)."""
+    """FLOPs of ``model.encode_images`` on one full-size image (counted, not estimated).
+
+    The pixel model is counted in its full form (every row through every image layer, as trained); the
+    deployed, pruned form runs the last layer's query, MLP and norms for one row per window only."""
     S = cfg.image_size
     image = torch.randint(0, 256, (1, S, S, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     sizes = torch.tensor([[S, S]])
     counter = FlopCounterMode(display=False)
     with sdpa_kernel(SDPBackend.MATH), counter:
-        model.encode_images(image, sizes)
+        model.encode_images(image, sizes, prune=False)
     return int(counter.get_total_flops())
 
 

@@ -41,8 +41,10 @@ class PatchViTLM(PixTokenLM):
         nn.init.zeros_(self.patch_emb.bias)
         nn.init.normal_(self.patch_pos, std=0.02)
 
-    def encode_images(self, images, sizes):
-        """(N, S, S, 3) uint8 + (N, 2) sizes -> (N, W, C) patch tokens, in the windows' raster order."""
+    def encode_images(self, images, sizes, prune: bool = True):
+        """(N, S, S, 3) uint8 + (N, 2) sizes -> (N, W, C) patch tokens, in the windows' raster order.
+
+        ``prune`` is accepted for the pixel model's interface; every patch token leaves this encoder."""
         N = images.shape[0]
         valid = valid_mask_torch(sizes, self.cfg.image_size)  # (N, S, S)
         rgb = (images.float() / 127.5 - 1.0) * valid[..., None]  # letterbox padding is 0, as in the pixel model

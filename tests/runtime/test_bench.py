@@ -68,7 +68,7 @@ def test_compare_flags_a_figure_past_the_margin(report):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"variant": "int4"}, "variant 'int4' is not available"),
+    ({"variant": "int4"}, "has no variant 'int4'; it has: fp32"),
     ({"backend": "nope"}, "unknown backend 'nope'"),
     ({"stages": ("encoder", "train")}, "unknown stage"),
     ({"contexts": (500,)}, "decode context 500 is outside"),

@@ -112,14 +112,14 @@ def test_onnxruntime_encoder_is_not_slower_than_eager(small, encoder_inputs):
     ti, ts = torch.from_numpy(images), torch.from_numpy(sizes)
     fns = {"eager": lambda: small.encode_images(ti, ts),
            "onnxruntime": lambda: sess.run(None, {"images": images, "sizes": sizes})}
-    ratio = confirmed(lambda: median_ratio("eager", "onnxruntime", fns, 12), lambda r: r >= ORT_VS_EAGER_MIN)
+    ratio = confirmed(lambda: median_ratio("eager", "onnxruntime", fns, 8), lambda r: r >= ORT_VS_EAGER_MIN)
     assert ratio >= ORT_VS_EAGER_MIN, f"onnxruntime encoder at {ratio:.2f}x of eager (small, batch 8)"
 
 
 @torch.no_grad()
 def test_pruned_encoder_is_faster_than_the_full_form(small, encoder_inputs):
-    ti, ts = (torch.from_numpy(a) for a in encoder_inputs)
+    ti, ts = (torch.from_numpy(a[:4]) for a in encoder_inputs)  # batch 4: the saving is per window, any batch shows it
     fns = {"full": lambda: small.encode_images(ti, ts, prune=False),
            "pruned": lambda: small.encode_images(ti, ts, prune=True)}
-    ratio = confirmed(lambda: median_ratio("full", "pruned", fns, 12), lambda r: r >= PRUNED_VS_FULL_MIN)
-    assert ratio >= PRUNED_VS_FULL_MIN, f"pruned encoder only {ratio:.2f}x faster than the full form (small)"
+    ratio = confirmed(lambda: median_ratio("full", "pruned", fns, 10), lambda r: r >= PRUNED_VS_FULL_MIN)
+    assert ratio >= PRUNED_VS_FULL_MIN, f"pruned encoder only {ratio:.2f}x faster than the full form (small, batch 4)"

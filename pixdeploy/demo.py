@@ -6,10 +6,8 @@ read held-out images it never saw and reports how many it read right.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,9 +80,8 @@ def run_demo(workdir: Path, steps: int | None = None, force: bool = False, echo=
     tc = TrainConfig(steps=steps, batch_size=plan.batch_size, lr=plan.lr, warmup=min(100, steps),
                      eval_every=max(1, steps // 4), ckpt_every=max(1, steps // 4), log_every=10,
                      vocab_size=plan.vocab_size, num_workers=1)
-    with cpu_threads_beside_workers(tc.num_workers):
-        echo(f"[2/5] training the tiny preset for {steps} steps on {_device_name()}")
-        summary = train(train_txt, workdir / "run", cfg, tc, eval_data=eval_txt)
+    echo(f"[2/5] training the tiny preset for {steps} steps on {_device_name()}")
+    summary = train(train_txt, workdir / "run", cfg, tc, eval_data=eval_txt)
     echo(f"      loss {summary['loss']:.3f}, held-out pixel loss {summary['eval_pixel_loss']:.3f}, "
          f"word loss {summary['eval_word_loss']:.3f}; {summary['pixel_tokens_per_s']:,.0f} pixel tokens/s")
 
@@ -166,22 +163,6 @@ def encoder_ms(pipe, images, repeats: int = 5) -> float:
         pipe.embed_letterboxed(rgb, sizes)
         times.append(time.perf_counter() - t)
     return 1e3 * sorted(times)[len(times) // 2]
-
-
-@contextmanager
-def cpu_threads_beside_workers(workers: int):
-    """On CPU, give PyTorch the cores the data workers leave free: on 2 cores, 2 compute threads beside a
-    worker process oversubscribe them and training ran at less than half speed."""
-    import torch
-
-    saved = torch.get_num_threads()
-    if not torch.cuda.is_available():
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores - workers))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 def _device_name() -> str:

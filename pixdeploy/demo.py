@@ -21,7 +21,7 @@ class DemoPlan:
     n_train: int = 6000
     n_eval: int = 200
     max_number: int = 9  # single digits: learnable by a 0.5M-parameter model in minutes on 2 cores
-    steps: int = 800  # 13M pixel tokens: reads >= 70% and keeps the whole demo within minutes on 2 cores
+    steps: int = 1500  # 25M pixel tokens: read 71% of held-out digits; 800 steps read 53% (both measured)
     batch_size: int = 16
     lr: float = 1e-3  # above ~2e-3 the decoder never learns to attend to single windows
     vocab_size: int = 64

@@ -125,7 +125,7 @@ MAX_READING_DROP = 2.0  # points of held-out reading a quantized variant may los
 def quantize_and_compare(bundle_path: Path, held_out, parity_images, fp32_right: int, variants, echo) -> dict:
     """Add the fp16 and int8-cpu variants (each must read the held-out images within
     MAX_READING_DROP points of fp32) and print held-out accuracy and encoder latency side by side."""
-    from pixdeploy.export.parity import Check
+    from pixdeploy.export.parity import Check, ParityError
     from pixdeploy.export.quantize import choose_variant, quantize_bundle
     from pixdeploy.runtime import Pipeline
 
@@ -144,11 +144,17 @@ def quantize_and_compare(bundle_path: Path, held_out, parity_images, fp32_right:
 
     for precision, target in variants:
         name = choose_variant(precision, target).name
-        quantize_bundle(bundle_path, precision, target, parity_images=parity_images, extra_checks=reading(name),
-                        echo=lambda *_: None)
+        try:
+            quantize_bundle(bundle_path, precision, target, parity_images=parity_images,
+                            extra_checks=reading(name), echo=lambda *_: None)
+        except ParityError as e:  # the gate did its job: the variant is not added; the demo shows why
+            rows.setdefault(name, {})["refused"] = str(e).split(";")[0]
     echo(f"      {'variant':<10}{'held-out read':>15}{'encoder ms (batch 16)':>24}")
     for name, r in rows.items():
-        echo(f"      {name:<10}{r['right_pct']:>14.1f}%{r['encoder_ms']:>24.1f}")
+        if "refused" in r:
+            echo(f"      {name:<10} not added: {r['refused']}")
+        else:
+            echo(f"      {name:<10}{r['right_pct']:>14.1f}%{r['encoder_ms']:>24.1f}")
     echo("      (fp16 is for GPUs: onnxruntime's CPU kernels emulate it; its CPU time is not its speed)")
     return rows
 

@@ -54,6 +54,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU
     vocab_size: int = 1024  # BPE size when the data has text
     eval_percent: int = 5  # hold-out share when no separate eval data is given
+    word_loss_weight: float = 1.0  # 1 is the paper's loss; see model.split_losses
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -347,7 +348,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
                 sync = micro == tc.grad_accum - 1 or d.world == 1
                 with contextlib.nullcontext() if sync else ddp_model.no_sync(), autocast():
                     logits = ddp_model(t["tokens"], t["images"], t["sizes"])
-                    loss = split_losses(logits, t["targets"], cfg.text_vocab)["loss"] / tc.grad_accum
+                    loss = split_losses(logits, t["targets"], cfg.text_vocab, tc.word_loss_weight)["loss"] / tc.grad_accum
                 scaler.scale(loss).backward()
                 micro_loss += loss.detach()
                 pixels_seen += t["images"].shape[0] * cfg.image_size**2

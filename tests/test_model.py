@@ -97,6 +97,9 @@ def test_split_losses_separate_pixel_and_word_targets():
     assert out["pixel_count"] == 2 and out["word_count"] == 2
     torch.testing.assert_close(out["pixel_sum"], per[1] + per[3])
     torch.testing.assert_close(out["loss"], (per[0] + per[1] + per[3] + per[4]) / 4)
+    weighted = split_losses(logits, targets, text_vocab, word_weight=10.0)
+    torch.testing.assert_close(weighted["loss"], (10 * per[0] + per[1] + per[3] + 10 * per[4]) / 22)
+    torch.testing.assert_close(weighted["word_sum"], out["word_sum"])  # the reported losses stay plain means
 
 
 def test_image_slots_take_the_window_summaries_in_order(model):

@@ -12,13 +12,17 @@ import json
 import math
 import os
 import site
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 # `pixdeploy serve` names the site folders of the Python that has pixdeploy installed; the backend's
 # embedded interpreter only knows its base installation. A server whose Python has pixdeploy needs none.
+# They go first: a numpy in the base installation must not shadow the one pixdeploy was installed with.
+_base_path = list(sys.path)
 for _d in filter(None, os.environ.get("PIXDEPLOY_SITE_DIRS", "").split(os.pathsep)):
     site.addsitedir(_d)
+sys.path[:] = [p for p in sys.path if p not in _base_path] + _base_path
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402

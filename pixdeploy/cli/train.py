@@ -26,6 +26,8 @@ def train_options(f):
                      show_default=True, help="auto: bf16/fp16 autocast on CUDA, fp32 on CPU."),
         click.option("--vocab-size", type=click.IntRange(min=16), default=1024, show_default=True,
                      help="BPE vocabulary when the data has text."),
+        click.option("--word-loss-weight", type=FiniteFloat(min=0, min_open=True), default=1.0, show_default=True,
+                     help="Weight of each word target against one pixel target in the loss (1: the paper's)."),
         click.option("--seed", type=int, default=1337, show_default=True),
         click.option("--eval-percent", type=click.IntRange(0, 99), default=5, show_default=True,
                      help="Share of --data held out for evaluation when --eval-data is not given."),

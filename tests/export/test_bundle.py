@@ -100,6 +100,16 @@ def test_parity_result_is_truthy_only_on_pass():
     assert not r and [c.name for c in r.failures] == ["x", "y"]
 
 
+def test_greedy_answers_compare_up_to_the_references_end_of_text():
+    from pixdeploy.config import EOS_ID
+
+    ref = np.array([[7, EOS_ID, 9, 9], [7, 8, 9, 10], [EOS_ID, 1, 1, 1]])
+    after_end_differs = np.array([[7, EOS_ID, 3, 3], [7, 8, 9, 10], [EOS_ID, 2, 2, 2]])
+    assert parity_module.answer_match(after_end_differs, ref) == 1.0
+    answer_differs = np.array([[7, 8, 9, 9], [7, 8, 9, 11], [EOS_ID, 1, 1, 1]])  # no end; last of a no-end row
+    assert parity_module.answer_match(answer_differs, ref) == pytest.approx(1 / 3)
+
+
 def test_onnxruntime_runs_the_function_bodies(tiny_bundle, tmp_path):
     """onnxruntime knows no pixdeploy kernels: it inlines each custom node's function body. Its
     optimized graph shows what ran: no pixdeploy:: node is left, the fused Attention of

@@ -98,7 +98,7 @@ def report_training(summary: dict) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the demo's).")
 @click.option("--force", is_flag=True, help="Replace an earlier demo in --workdir.")
 def demo(workdir, steps, force):
-    """The whole pipeline on built-in data: make a data set, train `tiny` on CPU, read held-out images."""
+    """The whole pipeline on built-in data: train `tiny` on CPU, read held-out images, export, quantize."""
     from pixdeploy.demo import run_demo
 
     run_demo(workdir, steps=steps, force=force, echo=click.echo)

@@ -107,6 +107,10 @@ COMMANDS: dict[str, dict] = {
         "out_dir": lambda v, g: ["train", "--data", g.data, "--out", v, *QUICK_TRAIN],
         "float": lambda v, g: ["train", "--data", g.data, "--out", g.root / "never", "--lr", v, *QUICK_TRAIN],
     },
+    "train --word-loss-weight": {
+        "float": lambda v, g: ["train", "--data", g.data, "--out", g.root / "never", "--word-loss-weight", v,
+                               *QUICK_TRAIN],
+    },
 }
 
 # ---- hostile inputs: role -> [(name, make(case_dir, good) -> value, message regex, exit code)] ----------

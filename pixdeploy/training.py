@@ -348,7 +348,8 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
                 sync = micro == tc.grad_accum - 1 or d.world == 1
                 with contextlib.nullcontext() if sync else ddp_model.no_sync(), autocast():
                     logits = ddp_model(t["tokens"], t["images"], t["sizes"])
-                    loss = split_losses(logits, t["targets"], cfg.text_vocab, tc.word_loss_weight)["loss"] / tc.grad_accum
+                    losses = split_losses(logits, t["targets"], cfg.text_vocab, tc.word_loss_weight)
+                    loss = losses["loss"] / tc.grad_accum
                 scaler.scale(loss).backward()
                 micro_loss += loss.detach()
                 pixels_seen += t["images"].shape[0] * cfg.image_size**2

@@ -75,10 +75,11 @@ def variant_pipeline(bundle_path: Path, name: str, checkpoint: Path):
     flips, which the gate rightly refuses; the goldens hold the graphs' numbers, not their answers."""
     import copy
 
-    from pixdeploy.checkpoint import Checkpoint
     from pixdeploy.export.quantize import GRAPHS, VARIANTS, make_fp16, make_int8
     from pixdeploy.runtime import Bundle
     from pixdeploy.runtime.pipeline import Pipeline
+
+    from pixdeploy.checkpoint import Checkpoint
 
     bundle = Bundle(bundle_path)
     folder = bundle.path / "variants" / f"{name}-golden"

@@ -110,4 +110,4 @@ def test_int8_golden_tolerances_sit_inside_int8s_own_error():
     fp32, _ = load("fp32")
     for name, limit in TOLERANCES["int8-cpu"].items():
         own_error = float(np.abs(golden[name].astype(np.float64) - fp32[name]).max())
-        assert 2 * limit < own_error, f"int8-cpu {name}: tolerance {limit} is not well below its own error {own_error:.3g}"
+        assert 2 * limit < own_error, f"int8-cpu {name}: tolerance {limit} not well below its error {own_error:.3g}"

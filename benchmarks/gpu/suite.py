@@ -132,10 +132,7 @@ def main(argv=None) -> int:
         say(f"wrote {path}")
         print(summary(report))
         return 0
-    except PixdeployError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
+    except (PixdeployError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

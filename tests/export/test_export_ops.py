@@ -42,9 +42,9 @@ def test_color_fold_body_matches_reference_on_random_and_letterboxed(fold, photo
     np.testing.assert_array_equal(got, fold_np(rgb, sizes, fold))
 
 
-@pytest.mark.parametrize("heads, kv_heads", [(4, 2), (4, 4)])
-def test_window_attention_body_matches_reference(heads, kv_heads):
-    g = torch.Generator().manual_seed(heads + kv_heads)
+def padded_windows(heads, kv_heads, seed):
+    """Q/K/V for 5 windows of 16 pixels with every kind of padding a letterbox makes."""
+    g = torch.Generator().manual_seed(seed)
     NW, P, D = 5, 16, 8
     q = torch.randn(NW, heads, P, D, generator=g)
     k = torch.randn(NW, kv_heads, P, D, generator=g)
@@ -53,6 +53,12 @@ def test_window_attention_body_matches_reference(heads, kv_heads):
     valid[1, 5:] = False  # bottom padding
     valid[2, torch.tensor([2, 3, 6, 7, 10, 11, 14, 15])] = False  # right padding inside the window
     valid[3] = False  # a window that is all padding
+    return q, k, v, valid
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 2), (4, 4)])
+def test_window_attention_body_matches_reference(heads, kv_heads):
+    q, k, v, valid = padded_windows(heads, kv_heads, heads + kv_heads)
     ref = window_attention(q, k, v, valid).numpy()
     got = run_single_node(WindowAttention, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy(),
                                             "key_valid": valid.numpy()}, {}, TensorProto.FLOAT, q.shape)

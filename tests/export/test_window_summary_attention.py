@@ -6,22 +6,9 @@ import pytest
 import torch
 from onnx import TensorProto
 from pixdeploy.export.ops.window_summary_attention import WindowSummaryAttention
-from test_export_ops import run_single_node
+from test_export_ops import padded_windows, run_single_node
 
 from pixdeploy.model import summary_index, window_attention, window_summary_attention
-
-
-def padded_windows(heads, kv_heads, seed):
-    g = torch.Generator().manual_seed(seed)
-    NW, P, D = 5, 16, 8
-    q = torch.randn(NW, heads, P, D, generator=g)
-    k = torch.randn(NW, kv_heads, P, D, generator=g)
-    v = torch.randn(NW, kv_heads, P, D, generator=g)
-    valid = torch.ones(NW, P, dtype=torch.bool)
-    valid[1, 5:] = False  # bottom padding
-    valid[2, torch.tensor([2, 3, 6, 7, 10, 11, 14, 15])] = False  # right padding inside the window
-    valid[3] = False  # a window that is all padding
-    return q, k, v, valid
 
 
 @pytest.mark.parametrize("heads, kv_heads", [(4, 2), (4, 4)])

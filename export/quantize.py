@@ -239,6 +239,17 @@ def pin_ir_version(path: Path) -> None:
 # ---- the bundle ----
 
 
+def bundle_seeing(bundle: Bundle, name: str, entry: dict, folder: Path) -> Bundle:
+    """The same bundle, unverified, seeing variant ``name`` (its manifest ``entry``) with its graphs in
+    ``folder`` under the bundle, where they are being written: what the parity gate loads."""
+    staged = Bundle(bundle.path, verify=False)
+    staged.manifest = copy.deepcopy(bundle.manifest)
+    staged.manifest.setdefault("variants", {})[name] = {
+        **entry, "graphs": {g: {**d, "file": folder.relative_to(bundle.path).joinpath(f"{g}.onnx").as_posix()}
+                            for g, d in entry["graphs"].items()}}
+    return staged
+
+
 def _variant_files(bundle_path: Path, folder: Path) -> dict:
     return {p.relative_to(bundle_path).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
             for p in sorted(folder.iterdir()) if p.is_file()}
@@ -311,11 +322,7 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ch
                             for s in graph_specs(bundle.config)}}
         if detail:
             entry["calibration"] = detail
-        staged = Bundle(bundle.path, verify=False)  # the same bundle, seeing the candidate where it is being written
-        staged.manifest = copy.deepcopy(bundle.manifest)
-        staged.manifest.setdefault("variants", {})[variant.name] = {
-            **entry, "graphs": {g: {**d, "file": f"{VARIANTS_DIR}/{tmp.name}/{g}.onnx"}
-                                for g, d in entry["graphs"].items()}}
+        staged = bundle_seeing(bundle, variant.name, entry, tmp)
         echo(f"checking {variant.name} parity against PyTorch fp32")
         from pixdeploy.runtime.pipeline import Pipeline
 

@@ -73,27 +73,22 @@ def variant_pipeline(bundle_path: Path, name: str, checkpoint: Path):
     """The bundle's graphs in variant ``name``, made as `pixdeploy quantize` makes them but without its
     parity gate: a seeded, untrained model's greedy choices include near-ties that fp16 or int8 rounding
     flips, which the gate rightly refuses; the goldens hold the graphs' numbers, not their answers."""
-    import copy
-
-    from pixdeploy.export.quantize import GRAPHS, VARIANTS, make_fp16, make_int8
+    from pixdeploy.export.quantize import GRAPHS, VARIANTS, VARIANTS_DIR, bundle_seeing, make_fp16, make_int8
     from pixdeploy.runtime import Bundle
     from pixdeploy.runtime.pipeline import Pipeline
 
     from pixdeploy.checkpoint import Checkpoint
 
     bundle = Bundle(bundle_path)
-    folder = bundle.path / "variants" / f"{name}-golden"
+    folder = bundle.path / VARIANTS_DIR / f"{name}-golden"
     if not folder.is_dir():
         folder.mkdir(parents=True)
         if name == "fp16":
             make_fp16(Checkpoint(checkpoint).load_model(), folder, bundle.manifest)
         else:
             make_int8(bundle, VARIANTS[("int8", "cpu")], folder, None)
-    staged = Bundle(bundle.path, verify=False)
-    staged.manifest = copy.deepcopy(bundle.manifest)
-    staged.manifest.setdefault("variants", {})[name] = {
-        "precision": name.split("-")[0],
-        "graphs": {g: {**bundle.manifest["graphs"][g], "file": f"variants/{folder.name}/{g}.onnx"} for g in GRAPHS}}
+    entry = {"precision": name.split("-")[0], "graphs": {g: bundle.manifest["graphs"][g] for g in GRAPHS}}
+    staged = bundle_seeing(bundle, name, entry, folder)
     return Pipeline(staged, device="cpu", variant=name)
 
 

@@ -201,6 +201,9 @@ def test_kill_9_and_restart_serve_the_same(tiny_bundle, tmp_path, pipe, images):
             try:
                 with httpclient.InferenceServerClient(url) as c:
                     if c.is_server_ready():
+                        # serve polls readiness on its own; wait for its "ready:" line (what a user waits
+                        # for), or a kill right now races it and serve rightly says "exited before ready"
+                        assert p.stdout.readline().startswith("ready:"), p.stderr.read()[-2000:]
                         return p, c.get_model_config("pixdeploy_generate")
             except Exception:  # noqa: BLE001 - not listening yet
                 pass

@@ -323,10 +323,13 @@ def build_engines(bundle_path, *, variant: str | None = None, max_batch: int = 4
 
 def record_in_manifest(bundle, name: str, index: dict) -> None:
     """List an engine folder in the bundle's manifest (written atomically)."""
-    from pixdeploy.files import staged_file
+    from pixdeploy.runtime.bundle import Bundle
 
-    manifest = dict(bundle.manifest)
-    manifest.setdefault("engines", {})[name] = {k: index[k] for k in ("tensorrt", "gpu", "compute_capability",
-                                                                      "variant", "export_profile")}
-    with staged_file(bundle.path / "manifest.json") as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    from pixdeploy.files import locked_dir, staged_file
+
+    with locked_dir(bundle.path):  # read again under the lock: keep what a quantize added meanwhile
+        manifest = Bundle(bundle.path, verify=False).manifest
+        manifest.setdefault("engines", {})[name] = {k: index[k] for k in ("tensorrt", "gpu", "compute_capability",
+                                                                          "variant", "export_profile")}
+        with staged_file(bundle.path / "manifest.json") as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")

@@ -50,7 +50,7 @@ from pixdeploy.export.parity import ParityError, check_parity, default_parity_im
 from pixdeploy.runtime.bundle import DEFAULT_VARIANT, Bundle
 
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import _TEMP, _pid_alive, sha256, staged_dir, staged_file
+from pixdeploy.files import _TEMP, _pid_alive, locked_dir, sha256, staged_dir, staged_file
 
 GRAPHS = ("image_encoder", "decoder")
 VARIANTS_DIR = "variants"
@@ -302,58 +302,76 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ch
     if ck.config.to_dict() != bundle.config.to_dict():
         raise PixdeployError(f"checkpoint {ck.path} is not the model of bundle {bundle.path} (configs differ)")
     images = calibration_images(calib, calib_count) if calibrated and not _cache_hit(calib_cache) else []
-    sweep_orphans(bundle, echo)
+    with locked_dir(bundle.path, echo):  # another quantize may be switching its folder in right now
+        sweep_orphans(Bundle(bundle.path, verify=False), echo)
 
     model = ck.load_model()
     t0 = time.perf_counter()
     folder = bundle.path / VARIANTS_DIR / f"{variant.name}-{time.time_ns():x}"  # new each run: never half-replaced
     folder.parent.mkdir(exist_ok=True)
-    with staged_dir(folder, what="pixdeploy variant", echo=echo) as tmp:
-        echo(f"making {variant.name}: {variant.method}")
-        if int8:
-            cache = calibrate(bundle, images, Path(calib_cache) if calib_cache else None, echo) if calibrated else None
-            detail = make_int8(bundle, variant, tmp, cache)
-        else:
-            detail = make_fp16(model, tmp, bundle.manifest)
-        seconds = time.perf_counter() - t0
+    with contextlib.ExitStack() as switching:
+        with staged_dir(folder, what="pixdeploy variant", echo=echo) as tmp:
+            echo(f"making {variant.name}: {variant.method}")
+            if int8:
+                cache = (calibrate(bundle, images, Path(calib_cache) if calib_cache else None, echo)
+                         if calibrated else None)
+                detail = make_int8(bundle, variant, tmp, cache)
+            else:
+                detail = make_fp16(model, tmp, bundle.manifest)
+            seconds = time.perf_counter() - t0
 
-        entry = {"precision": variant.precision, "target": variant.target, "method": variant.method,
-                 "graphs": {s.name: {**s.to_dict(), "file": f"{VARIANTS_DIR}/{folder.name}/{s.name}.onnx"}
-                            for s in graph_specs(bundle.config)}}
-        if detail:
-            entry["calibration"] = detail
-        staged = bundle_seeing(bundle, variant.name, entry, tmp)
-        echo(f"checking {variant.name} parity against PyTorch fp32")
-        from pixdeploy.runtime.pipeline import Pipeline
+            entry = {"precision": variant.precision, "target": variant.target, "method": variant.method,
+                     "graphs": {s.name: {**s.to_dict(), "file": f"{VARIANTS_DIR}/{folder.name}/{s.name}.onnx"}
+                                for s in graph_specs(bundle.config)}}
+            if detail:
+                entry["calibration"] = detail
+            staged = bundle_seeing(bundle, variant.name, entry, tmp)
+            echo(f"checking {variant.name} parity against PyTorch fp32")
+            from pixdeploy.runtime.pipeline import Pipeline
 
-        pipe = Pipeline(staged, device="cpu", variant=variant.name)
-        result = check_parity(model, pipe, parity_images or default_parity_images(), precision=variant.precision,
-                              steps=steps)
-        if extra_checks is not None:
-            result.checks += extra_checks(pipe)
-        record = result.to_dict()
-        (tmp / "parity.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-        if not result:
-            names = ", ".join(f"{c.name}={c.value:.3g}" for c in result.failures)
-            raise ParityError(f"{variant.name} failed its parity gate ({names}); bundle {bundle.path} left as it was")
+            pipe = Pipeline(staged, device="cpu", variant=variant.name)
+            result = check_parity(model, pipe, parity_images or default_parity_images(), precision=variant.precision,
+                                  steps=steps)
+            if extra_checks is not None:
+                result.checks += extra_checks(pipe)
+            record = result.to_dict()
+            (tmp / "parity.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+            if not result:
+                names = ", ".join(f"{c.name}={c.value:.3g}" for c in result.failures)
+                raise ParityError(f"{variant.name} failed its parity gate ({names}); "
+                                  f"bundle {bundle.path} left as it was")
+            # Held from before the folder is renamed into place until the manifest names it: no other writer
+            # reads the manifest in between, or sweeps the folder as an orphan.
+            switching.enter_context(locked_dir(bundle.path, echo))
+        entry.update(parity={"passed": True, "checks": {c.name: c.value for c in result.checks}},
+                     seconds=round(seconds, 1))
+        _switch_in(bundle.path, variant, entry, folder, force, echo)
+    return Bundle(bundle.path), result
 
-    manifest = copy.deepcopy(bundle.manifest)
+
+def _switch_in(bundle_path: Path, variant: Variant, entry: dict, folder: Path, force: bool, echo) -> None:
+    """Name the variant's folder in the manifest (one rename), then remove the folder it replaced.
+    The caller holds the bundle's lock; the manifest is read again here, so whatever another writer
+    added while this variant was being made (an engine set, another variant) is kept."""
+    manifest = copy.deepcopy(Bundle(bundle_path, verify=False).manifest)
     variants = manifest.setdefault("variants", {})
     old = variants.get(variant.name)
+    if old and not force:
+        shutil.rmtree(folder)
+        raise PixdeployError(f"another pixdeploy process added variant {variant.name} to bundle {bundle_path} "
+                             "while this one ran; pass --force to replace it")
     variants.setdefault(DEFAULT_VARIANT, {"precision": "fp32", "target": "any", "graphs": manifest["graphs"],
                                           "parity": manifest.get("parity")})
-    variants[variant.name] = {**entry, "parity": {"passed": True, "checks": {c.name: c.value for c in result.checks}},
-                              "seconds": round(seconds, 1)}
+    variants[variant.name] = entry
     files = manifest["files"]
     if old:  # --force: the replaced variant's files leave the checksum table with it
         for g in old.get("graphs", {}).values():
             files.pop(g["file"], None)
         files.pop(f"{Path(next(iter(old['graphs'].values()))['file']).parent.as_posix()}/parity.json", None)
-    files.update(_variant_files(bundle.path, folder))
-    with staged_file(bundle.path / "manifest.json", echo=echo) as tmp_manifest:
+    files.update(_variant_files(bundle_path, folder))
+    with staged_file(bundle_path / "manifest.json", echo=echo) as tmp_manifest:
         tmp_manifest.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    sweep_orphans(Bundle(bundle.path, verify=False), lambda *_: None)  # the replaced variant's folder
-    return Bundle(bundle.path), result
+    sweep_orphans(Bundle(bundle_path, verify=False), lambda *_: None)  # the replaced variant's folder
 
 
 def _cache_hit(calib_cache) -> bool:

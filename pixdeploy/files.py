@@ -5,6 +5,9 @@ Every artifact is written the same way: into a hidden temporary sibling named af
 ``.NAME.old-PID``. A writer killed at any moment therefore leaves the target whole (old or new) plus
 temporaries whose PID no longer runs; the next writer of the same target finds them, removes them (or
 restores an old version the swap had moved aside) and says so.
+
+Writers that change a folder in place (a bundle's manifest gaining a variant or an engine set) hold
+`locked_dir` on it, so two of them never read the same manifest and each write back their own.
 """
 
 from __future__ import annotations
@@ -99,6 +102,32 @@ def clean_stale(final: Path, echo: Callable[[str], None] | None = None) -> list[
         echo(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
              + ", ".join(p.name for p in removed))
     return removed
+
+
+@contextmanager
+def locked_dir(path: Path, echo: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on folder ``path`` for the block; another holder makes this one wait.
+
+    flock on the folder itself: no lock file to leave behind, and the kernel drops the lock when its
+    holder dies, even by kill -9. Advisory: it orders pixdeploy's own writers. A process must not take
+    it twice (a second open of the folder would wait on the first).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no concurrent-writer protection
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if echo is not None:
+                echo(f"waiting for another pixdeploy process to finish changing {path}")
+            fcntl.flock(fd, fcntl.LOCK_EX)  # Ctrl-C interrupts the wait
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def replace_dir(new: Path, final: Path, backup: Path | None = None) -> None:

@@ -206,6 +206,47 @@ def test_kill_9_while_quantizing_leaves_the_bundle_as_it_was(int8_bundle, digit_
     assert sorted(p.name.split("-")[0] for p in (bundle / "variants").iterdir()) == ["int8", "int8"]
 
 
+def test_a_run_finishing_meanwhile_keeps_its_variant(int8_bundle, digit_images_module, tmp_path):
+    """Two quantize runs overlapping on one bundle: the one that finishes last reads the manifest again
+    under the bundle's lock, so the other's variant stays; the same variant added twice is refused."""
+    path, _, _ = int8_bundle
+
+    def run(bundle, precision, target="tensorrt", meanwhile=None, echo=lambda *_: None):
+        extra = None if meanwhile is None else (lambda _pipe: [meanwhile()] and [])  # before the manifest switch
+        return quantize_bundle(bundle, precision, target, parity_images=digit_images_module, steps=STEPS,
+                               extra_checks=extra, echo=echo)
+
+    both = tmp_path / "both"
+    shutil.copytree(path, both)
+    lines = []
+    run(both, "fp16", meanwhile=lambda: run(both, "int8", "cpu", echo=lines.append))
+    assert set(Bundle(both).variants) == {"fp32", "int8-tensorrt", "int8-cpu", "fp16"}
+    Bundle(both).verify()
+    assert not any("interrupted run" in line for line in lines)  # fp16's folder in the making was left alone
+
+    twice = tmp_path / "twice"
+    shutil.copytree(path, twice)
+    with pytest.raises(PixdeployError, match="another pixdeploy process added variant fp16 .* --force"):
+        run(twice, "fp16", meanwhile=lambda: run(twice, "fp16"))
+    Bundle(twice).verify()
+    assert set(Bundle(twice).variants) == {"fp32", "int8-tensorrt", "fp16"}
+    assert len(list((twice / "variants").iterdir())) == 2  # the refused run's folder is gone
+
+
+def test_a_writer_waits_for_the_bundle_lock(tiny_bundle):
+    from pixdeploy.files import locked_dir
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pixdeploy.files import locked_dir\n"
+                               f"with locked_dir({str(tiny_bundle)!r}):\n print('held', flush=True); time.sleep(2)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    lines, t0 = [], time.monotonic()
+    with locked_dir(tiny_bundle, echo=lines.append):
+        waited = time.monotonic() - t0
+    holder.wait(10)
+    assert waited > 0.5 and lines == [f"waiting for another pixdeploy process to finish changing {tiny_bundle}"]
+
+
 def test_graph_files_outside_the_bundle_are_refused(tiny_bundle, tmp_path):
     copy = tmp_path / "b"
     shutil.copytree(tiny_bundle, copy)

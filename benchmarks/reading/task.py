@@ -46,7 +46,6 @@ class TaskConfig:
     font_sizes: tuple[int, ...] = (5, 6, 7, 8, 10, 12, 14)  # em height in pixels
     heldout_percent: int = 20  # share of all strings kept for the held-out split
     word_share: float = 0.5  # the rest are numbers
-    digits: tuple[int, int] = (3, 6)  # shortest and longest number, in digits
     photo_share: float = 0.5  # the rest are plain backgrounds
     seed: int = 0
 
@@ -109,7 +108,7 @@ def draw_string(rng: np.random.Generator, split: str, tc: TaskConfig) -> tuple[s
         words = split_words(split, tc.seed, tc.heldout_percent)
         return words[int(rng.integers(len(words)))], "word"
     while True:
-        digits = int(rng.integers(tc.digits[0], tc.digits[1] + 1))
+        digits = int(rng.integers(3, 7))
         text = str(int(rng.integers(10 ** (digits - 1), 10**digits)))
         if is_heldout(text, tc) == (split == "heldout"):
             return text, "number"

@@ -8,6 +8,7 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -184,6 +185,50 @@ def test_bad_requests_get_one_clear_error_and_the_server_keeps_serving(server, p
     assert http_generate(server.http_url, images[3]) == pipe.generate(images[3], max_new_tokens=12)
 
 
+class Served:
+    """`pixdeploy serve` as a user runs it in a terminal: its stderr (the server's log too) is read as it
+    comes, so a chatty server never blocks on a full pipe; stdout is read for the "ready:" line."""
+
+    def __init__(self, cmd, url):
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            try:
+                with httpclient.InferenceServerClient(url) as c:
+                    if c.is_server_ready():
+                        # serve polls readiness on its own; wait for its "ready:" line (what a user waits
+                        # for), or a kill right now races it and serve rightly says "exited before ready"
+                        assert self.proc.stdout.readline().startswith("ready:"), self.log()
+                        self.config = c.get_model_config("pixdeploy_generate")
+                        return
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            time.sleep(0.3)
+        self.proc.kill()
+        raise AssertionError("pixdeploy serve not ready in 120 s")
+
+    def log(self) -> str:
+        return "".join(self.lines)[-3000:]
+
+    def server_pid(self) -> int:
+        children = open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split()
+        assert len(children) == 1
+        return int(children[0])
+
+    def wait(self, timeout) -> int | str:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return f"still running after {timeout} s; its log ends: {self.log()}"
+        self.reader.join(10)  # the log to its end (the server's stub processes may write last)
+        return code
+
+
 def test_kill_9_and_restart_serve_the_same(tiny_bundle, tmp_path, pipe, images):
     """`pixdeploy serve` with a kept repository: its server killed with -9, then `serve` itself killed
     with -9 (its server must not outlive it); each restart reuses the repository and answers the same."""
@@ -193,48 +238,25 @@ def test_kill_9_and_restart_serve_the_same(tiny_bundle, tmp_path, pipe, images):
            "--grpc-port", str(grpc_port), "--repository", str(repo), "--instances", "1"]
     url = f"127.0.0.1:{http_port}"
 
-    def start():
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert p.poll() is None, p.stderr.read()[-2000:]
-            try:
-                with httpclient.InferenceServerClient(url) as c:
-                    if c.is_server_ready():
-                        # serve polls readiness on its own; wait for its "ready:" line (what a user waits
-                        # for), or a kill right now races it and serve rightly says "exited before ready"
-                        assert p.stdout.readline().startswith("ready:"), p.stderr.read()[-2000:]
-                        return p, c.get_model_config("pixdeploy_generate")
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            time.sleep(0.3)
-        p.kill()
-        raise AssertionError("pixdeploy serve not ready in 120 s")
-
-    def server_pid(p):
-        children = open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()
-        assert len(children) == 1
-        return int(children[0])
-
-    first, config = start()
+    first = Served(cmd, url)
     try:
         configs = {f: (repo / f).read_bytes() for f in ("pixdeploy_repository.json", "decoder/config.pbtxt")}
         assert http_generate(url, images[5]) == pipe.generate(images[5], max_new_tokens=12)
-        os.kill(server_pid(first), signal.SIGKILL)
+        os.kill(first.server_pid(), signal.SIGKILL)
         assert first.wait(30) == 1
-        assert "Triton server exited unexpectedly" in first.stderr.read()
+        assert "Triton server exited unexpectedly" in first.log()
     finally:
-        first.kill()
+        first.proc.kill()
 
-    second, config_again = start()
+    second = Served(cmd, url)
     try:
-        assert "reusing model repository" in second.stderr.readline() + second.stderr.readline()
-        assert config_again == config
+        assert "reusing model repository" in "".join(second.lines[:2])
+        assert second.config == first.config
         assert {f: (repo / f).read_bytes() for f in configs} == configs
         assert http_generate(url, images[6]) == pipe.generate(images[6], max_new_tokens=12)
-        tritonserver = server_pid(second)
-        second.send_signal(signal.SIGKILL)
-        second.wait(10)
+        tritonserver = second.server_pid()
+        second.proc.send_signal(signal.SIGKILL)
+        second.proc.wait(10)
         deadline = time.monotonic() + 30
         while os.path.exists(f"/proc/{tritonserver}") and time.monotonic() < deadline:
             if open(f"/proc/{tritonserver}/stat").read().split()[2] == "Z":
@@ -242,17 +264,12 @@ def test_kill_9_and_restart_serve_the_same(tiny_bundle, tmp_path, pipe, images):
             time.sleep(0.2)
         assert time.monotonic() < deadline, "the server outlived its killed parent"
     finally:
-        second.kill()
+        second.proc.kill()
 
-    third, config_third = start()  # the ports are free again
+    third = Served(cmd, url)  # the ports are free again
     try:
-        assert config_third == config
+        assert third.config == first.config
         assert http_generate(url, images[7]) == pipe.generate(images[7], max_new_tokens=12)
     finally:
-        third.send_signal(signal.SIGINT)
-        try:
-            code = third.wait(60)
-        except subprocess.TimeoutExpired:
-            third.kill()
-            code = f"still running 60 s after Ctrl-C; its log ends: {third.stderr.read()[-3000:]}"
-        assert code == 130
+        third.proc.send_signal(signal.SIGINT)
+        assert third.wait(60) == 130

@@ -7,6 +7,9 @@ its caption is the string. Everything follows from the seed: sample ``i`` of a s
 at a time (nothing is held in memory). Train and held-out strings are disjoint by construction: a string
 belongs to the held-out split when a seeded hash of it says so, and each split draws only its own strings.
 
+`TaskConfig` can narrow it (number lengths, centred placement, light paper only, fewer fonts): the
+`cpu` plan does, because at that budget neither model learns the full task (benchmarks/reading/README.md).
+
 Words come from Python's own documentation corpus (``pydoc_data.topics``); photographs from the sample
 images that ship with scikit-learn. Fonts are those found on the machine (Pillow's own always), so a
 run records which it used.
@@ -46,6 +49,10 @@ class TaskConfig:
     font_sizes: tuple[int, ...] = (5, 6, 7, 8, 10, 12, 14)  # em height in pixels
     heldout_percent: int = 20  # share of all strings kept for the held-out split
     word_share: float = 0.5  # the rest are numbers
+    digits: tuple[int, int] = (3, 6)  # shortest and longest number
+    placement: str = "anywhere"  # or "centred": the middle, moved by up to a tenth of the image each way
+    paper: bool = False  # plain backgrounds: any colour (ink dark or light to suit), or light paper only
+    fonts: int = 0  # use the first N fonts found (Pillow's own is first); 0: all
     photo_share: float = 0.5  # the rest are plain backgrounds
     seed: int = 0
 
@@ -108,15 +115,15 @@ def draw_string(rng: np.random.Generator, split: str, tc: TaskConfig) -> tuple[s
         words = split_words(split, tc.seed, tc.heldout_percent)
         return words[int(rng.integers(len(words)))], "word"
     while True:
-        digits = int(rng.integers(3, 7))
+        digits = int(rng.integers(tc.digits[0], tc.digits[1] + 1))
         text = str(int(rng.integers(10 ** (digits - 1), 10**digits)))
         if is_heldout(text, tc) == (split == "heldout"):
             return text, "number"
 
 
-def background(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
+def background(rng: np.random.Generator, kind: str, size: int, paper: bool = False) -> np.ndarray:
     if kind == "plain":
-        return np.broadcast_to(rng.integers(0, 256, 3, dtype=np.uint8), (size, size, 3)).copy()
+        return np.broadcast_to(rng.integers(192 if paper else 0, 256, 3, dtype=np.uint8), (size, size, 3)).copy()
     photos = photographs()
     photo = photos[int(rng.integers(len(photos)))]
     y = int(rng.integers(photo.shape[0] - size + 1))
@@ -136,7 +143,7 @@ def render(rng: np.random.Generator, split: str, tc: TaskConfig, fonts: list[str
     font_size = int(tc.font_sizes[int(rng.integers(len(tc.font_sizes)))])
     bg_kind = BACKGROUNDS[int(rng.random() < tc.photo_share)]
     font = load_font(font_name, font_size)
-    canvas = background(rng, bg_kind, tc.image_size)
+    canvas = background(rng, bg_kind, tc.image_size, tc.paper)
     img = Image.fromarray(canvas, "RGB")
     draw = ImageDraw.Draw(img)
     # A caption must be readable: a string wider than the image is drawn again (long words in large
@@ -146,9 +153,13 @@ def render(rng: np.random.Generator, split: str, tc: TaskConfig, fonts: list[str
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         if right - left <= tc.image_size:
             break
-    # Anywhere the whole string fits.
-    x = int(rng.integers(0, max(1, tc.image_size - (right - left)) + 1)) - left
-    y = int(rng.integers(0, max(1, tc.image_size - (bottom - top)) + 1)) - top
+    if tc.placement == "centred":
+        jitter = max(1, tc.image_size // 10)
+        x = (tc.image_size - (right - left)) // 2 - left + int(rng.integers(-jitter, jitter + 1))
+        y = (tc.image_size - (bottom - top)) // 2 - top + int(rng.integers(-jitter, jitter + 1))
+    else:  # anywhere the whole string fits
+        x = int(rng.integers(0, max(1, tc.image_size - (right - left)) + 1)) - left
+        y = int(rng.integers(0, max(1, tc.image_size - (bottom - top)) + 1)) - top
     x0, y0 = max(0, x + left), max(0, y + top)
     patch = canvas[y0 : max(y0 + 1, y + bottom), x0 : max(x0 + 1, x + right)]
     draw.text((x, y), text, fill=ink_for(patch, rng), font=font)

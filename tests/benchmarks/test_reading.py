@@ -43,6 +43,27 @@ def test_pillow_font_alone_is_enough():
     assert np.asarray(img).std() > 0  # something was drawn or a photograph shows
 
 
+def test_cpu_task_is_centred_three_digit_numbers_on_paper_in_one_font():
+    tc = PLANS["cpu"].task
+    fonts = task.available_fonts()[: tc.fonts]
+    plain = 0
+    for i in range(60):
+        img, s = task.sample("train", i, tc, fonts)
+        assert s.kind == "number" and len(s.text) == 3 and s.font == task.PILLOW_FONT
+        if s.background != "plain":
+            continue
+        plain += 1
+        a = np.asarray(img).astype(int)
+        assert a[0, 0].min() >= 192  # light paper
+        ink = np.abs(a - a[0, 0]).sum(-1) > 150
+        assert a.sum(-1).min() < 3 * 128  # dark ink (at 6 px no stroke is fully covered, so not ink's own 0-59)
+        ys, xs = np.nonzero(ink)
+        middle = (tc.image_size - 1) / 2
+        jitter = tc.image_size // 10 + 2  # the drawn jitter, plus glyph-box rounding
+        assert abs((xs.min() + xs.max()) / 2 - middle) <= jitter and abs((ys.min() + ys.max()) / 2 - middle) <= jitter
+    assert plain > 30
+
+
 @pytest.mark.parametrize("scale", ["smoke", "cpu", "gpu"])
 def test_vit_matches_the_pixel_model_in_parameters_and_image_tokens(scale):
     cfg = PLANS[scale].model.replace(text_vocab=262)

@@ -16,18 +16,17 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 from pixdeploy.export.parity import default_parity_images
 
-from benchmarks.timing import interleaved, machine, write
+from benchmarks.timing import cpu_session, interleaved, machine, write
 from pixdeploy.config import preset
 from pixdeploy.folding import prepare_batch
 from pixdeploy.model import PixTokenLM, window_attention_sdpa
 
 
-def single_node(node, inputs: dict) -> ort.InferenceSession:
+def single_node(node, inputs: dict):
     types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.bool_): TensorProto.BOOL,
              np.dtype(np.int32): TensorProto.INT32}
     graph = helper.make_graph([node], "attention",
@@ -36,9 +35,7 @@ def single_node(node, inputs: dict) -> ort.InferenceSession:
     opsets = [helper.make_opsetid("", 23), helper.make_opsetid("com.microsoft", 1)]
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 10
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return cpu_session(model.SerializeToString())
 
 
 def main():

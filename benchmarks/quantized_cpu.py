@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from pixdeploy.export.bundle import export_bundle
 from pixdeploy.export.calibration import calibration_images
@@ -25,7 +24,7 @@ from pixdeploy.export.parity import compare, default_parity_images
 from pixdeploy.export.quantize import GRAPHS, VARIANTS, calibrate, make_int8, quiet_quantizer, weight_matmuls
 from pixdeploy.runtime import Bundle, Pipeline
 
-from benchmarks.timing import interleaved, machine, write
+from benchmarks.timing import cpu_session, interleaved, machine, write
 from pixdeploy.checkpoint import save_checkpoint
 from pixdeploy.config import preset
 from pixdeploy.model import PixTokenLM
@@ -47,12 +46,6 @@ def static_u8s8(bundle: Bundle, cache, out: Path) -> None:
                             calibration_cache_path=cache.ort_cache_file(g, Path(tmp)),
                             extra_options={"WeightSymmetric": True,
                                            "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]})
-
-
-def session(path: Path):
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def main():
@@ -84,7 +77,7 @@ def main():
         pipe = Pipeline(bundle, device="cpu")
         real = default_parity_images()
         rgb, sizes = pipe.preprocess([real[i % len(real)] for i in range(args.batch)])
-        enc = {name: session(g["image_encoder"]) for name, g in graphs.items()}
+        enc = {name: cpu_session(g["image_encoder"]) for name, g in graphs.items()}
         feed = {"images": rgb, "sizes": sizes}
         ref = enc["fp32"].run(None, feed)[0]
         cosine = {name: compare(s.run(None, feed)[0], ref)["cosine_min"] for name, s in enc.items()}
@@ -94,7 +87,7 @@ def main():
         _, cache_kv = pipe.prefill(ref, pipe.prompt_ids())
         step = {"embeds": pipe.text_embeddings[[1] * args.batch][:, None].astype(np.float32),
                 "input_pos": np.array([len(pipe.prompt_ids())], np.int64), **cache_kv}
-        dec = {name: session(g["decoder"]) for name, g in graphs.items()}
+        dec = {name: cpu_session(g["decoder"]) for name, g in graphs.items()}
         dec_res = interleaved({name: (lambda s=s: s.run(None, step)) for name, s in dec.items()}, args.iters * 5)
 
     rows = {}

@@ -17,6 +17,16 @@ def interleaved(fns: dict, iters: int, warmup: int = 3, block: int = 1) -> dict:
     return {name: percentiles(s) for name, s in bench.interleaved(fns, iters, warmup, block).items()}
 
 
+def cpu_session(model):
+    """An onnxruntime CPU session on an ONNX file path or serialized model bytes, its warnings silenced."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
+
+
 def machine() -> dict:
     import onnxruntime
     import torch

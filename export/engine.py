@@ -323,13 +323,13 @@ def build_engines(bundle_path, *, variant: str | None = None, max_batch: int = 4
 
 def record_in_manifest(bundle, name: str, index: dict) -> None:
     """List an engine folder in the bundle's manifest (written atomically)."""
-    from pixdeploy.runtime.bundle import Bundle
+    from pixdeploy.runtime.bundle import rewrite_manifest
 
-    from pixdeploy.files import locked_dir, staged_file
+    from pixdeploy.files import locked_dir
 
-    with locked_dir(bundle.path):  # read again under the lock: keep what a quantize added meanwhile
-        manifest = Bundle(bundle.path, verify=False).manifest
+    def add(manifest: dict) -> None:
         manifest.setdefault("engines", {})[name] = {k: index[k] for k in ("tensorrt", "gpu", "compute_capability",
                                                                           "variant", "export_profile")}
-        with staged_file(bundle.path / "manifest.json") as tmp:
-            tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+    with locked_dir(bundle.path):  # read again under the lock: keep what a quantize added meanwhile
+        rewrite_manifest(bundle.path, add)

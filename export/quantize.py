@@ -47,10 +47,10 @@ from pixdeploy.export.calibration import (
 )
 from pixdeploy.export.onnx_export import IR_VERSION, graph_specs
 from pixdeploy.export.parity import ParityError, check_parity, default_parity_images
-from pixdeploy.runtime.bundle import DEFAULT_VARIANT, Bundle
+from pixdeploy.runtime.bundle import DEFAULT_VARIANT, Bundle, rewrite_manifest
 
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import _TEMP, _pid_alive, locked_dir, sha256, staged_dir, staged_file
+from pixdeploy.files import _TEMP, _pid_alive, locked_dir, sha256, staged_dir
 
 GRAPHS = ("image_encoder", "decoder")
 VARIANTS_DIR = "variants"
@@ -353,24 +353,25 @@ def _switch_in(bundle_path: Path, variant: Variant, entry: dict, folder: Path, f
     """Name the variant's folder in the manifest (one rename), then remove the folder it replaced.
     The caller holds the bundle's lock; the manifest is read again here, so whatever another writer
     added while this variant was being made (an engine set, another variant) is kept."""
-    manifest = copy.deepcopy(Bundle(bundle_path, verify=False).manifest)
-    variants = manifest.setdefault("variants", {})
-    old = variants.get(variant.name)
-    if old and not force:
-        shutil.rmtree(folder)
-        raise PixdeployError(f"another pixdeploy process added variant {variant.name} to bundle {bundle_path} "
-                             "while this one ran; pass --force to replace it")
-    variants.setdefault(DEFAULT_VARIANT, {"precision": "fp32", "target": "any", "graphs": manifest["graphs"],
-                                          "parity": manifest.get("parity")})
-    variants[variant.name] = entry
-    files = manifest["files"]
-    if old:  # --force: the replaced variant's files leave the checksum table with it
-        for g in old.get("graphs", {}).values():
-            files.pop(g["file"], None)
-        files.pop(f"{Path(next(iter(old['graphs'].values()))['file']).parent.as_posix()}/parity.json", None)
-    files.update(_variant_files(bundle_path, folder))
-    with staged_file(bundle_path / "manifest.json", echo=echo) as tmp_manifest:
-        tmp_manifest.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+    def add(manifest: dict) -> None:
+        variants = manifest.setdefault("variants", {})
+        old = variants.get(variant.name)
+        if old and not force:
+            shutil.rmtree(folder)
+            raise PixdeployError(f"another pixdeploy process added variant {variant.name} to bundle {bundle_path} "
+                                 "while this one ran; pass --force to replace it")
+        variants.setdefault(DEFAULT_VARIANT, {"precision": "fp32", "target": "any", "graphs": manifest["graphs"],
+                                              "parity": manifest.get("parity")})
+        variants[variant.name] = entry
+        files = manifest["files"]
+        if old:  # --force: the replaced variant's files leave the checksum table with it
+            for g in old.get("graphs", {}).values():
+                files.pop(g["file"], None)
+            files.pop(f"{Path(next(iter(old['graphs'].values()))['file']).parent.as_posix()}/parity.json", None)
+        files.update(_variant_files(bundle_path, folder))
+
+    rewrite_manifest(bundle_path, add, echo)
     sweep_orphans(Bundle(bundle_path, verify=False), lambda *_: None)  # the replaced variant's folder
 
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from pixdeploy.config import ModelConfig
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import sha256
+from pixdeploy.files import sha256, staged_file
 from pixdeploy.tokenizer import Tokenizer
 
 FORMAT = "pixdeploy-bundle"
@@ -149,3 +150,13 @@ class Bundle:
             raise BundleError(f"damaged bundle {self.path}: text embeddings have shape {table.shape}, "
                               f"expected {(self.config.text_vocab, self.config.dim)}")
         return table
+
+
+def rewrite_manifest(path, change: Callable[[dict], None], echo=None) -> None:
+    """Read a bundle's manifest afresh, let ``change`` edit it in place, write it back in one rename.
+    Callers hold `pixdeploy.files.locked_dir` on the bundle, so a change another writer made since they
+    first read it is kept, not overwritten."""
+    manifest = Bundle(path, verify=False).manifest
+    change(manifest)
+    with staged_file(Path(path) / "manifest.json", echo=echo) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")

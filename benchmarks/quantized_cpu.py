@@ -74,7 +74,7 @@ def main():
         graphs["int8-u8s8-static"] = {g: d / "int8-u8s8-static" / f"{g}.onnx" for g in GRAPHS}
 
         # Encoder: a batch of real photos and handwriting, letterboxed.
-        pipe = Pipeline(bundle, device="cpu")
+        pipe = Pipeline.open(bundle, device="cpu")
         real = default_parity_images()
         rgb, sizes = pipe.preprocess([real[i % len(real)] for i in range(args.batch)])
         enc = {name: cpu_session(g["image_encoder"]) for name, g in graphs.items()}

@@ -8,7 +8,6 @@ failed export never leaves a bundle that loads.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,30 +16,21 @@ from pixdeploy.export.onnx_export import IR_VERSION, OPSET, export_graph, graph_
 from pixdeploy.export.ops import DOMAIN
 from pixdeploy.export.parity import ParityError, check_parity, default_parity_images
 from pixdeploy.export.profiles import DEFAULT_PROFILE, get_profile
-from pixdeploy.runtime.bundle import FORMAT, FORMAT_VERSION, Bundle
+from pixdeploy.runtime.bundle import Bundle, is_bundle_dir, write_new_manifest
 from pixdeploy.runtime.pipeline import Pipeline
 
 from pixdeploy import __version__
 from pixdeploy.checkpoint import Checkpoint
-from pixdeploy.config import SPECIAL_TOKENS
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import check_replaceable, sha256, staged_dir
+from pixdeploy.files import check_replaceable, staged_dir
 
 
 def write_manifest(path: Path, cfg, extra: dict) -> None:
-    files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(path.iterdir()) if p.name != "manifest.json"}
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "producer": f"pixdeploy {__version__}",
-        "precision": "fp32", "config": cfg.to_dict(),
-        "special_tokens": {name: i for i, name in enumerate(SPECIAL_TOKENS)},
-        "onnx": {"opset": OPSET, "ir_version": IR_VERSION, "custom_domain": DOMAIN},
-        "graphs": {s.name: s.to_dict() for s in graph_specs(cfg)},
-        **extra, "files": files,
-    }
-    tmp = path / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    os.replace(tmp, path / "manifest.json")
+    """The manifest of the bundle being written in ``path`` (the format module writes it)."""
+    recorded = {"precision": "fp32", "onnx": {"opset": OPSET, "ir_version": IR_VERSION, "custom_domain": DOMAIN},
+                **extra}
+    write_new_manifest(path, cfg, {s.name: s.to_dict() for s in graph_specs(cfg)}, recorded,
+                       producer=f"pixdeploy {__version__}")
 
 
 def check_fits_tensorrt(proto, graph: str, profile) -> None:
@@ -53,14 +43,6 @@ def check_fits_tensorrt(proto, graph: str, profile) -> None:
     if problems:
         raise PixdeployError(f"{graph}.onnx does not fit TensorRT {profile.tensorrt_min} (--target {profile.name}): "
                              + "; ".join(problems))
-
-
-def is_bundle_dir(path: Path) -> bool:
-    """A folder this exporter wrote (so --force may replace it): it has a pixdeploy manifest."""
-    try:
-        return json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def export_bundle(checkpoint, out, images: list | None = None, force: bool = False, echo=print,

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pixdeploy.runtime.backends import Runner
+
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import staged_file
 
@@ -61,15 +63,17 @@ def batches(images: list, size: int = BATCH) -> Iterator[list]:
         yield images[i : i + size]
 
 
-class _Recording:
-    """Wraps a runner and keeps every feed it is given (the decoder's inputs, KV caches included)."""
+class _Recording(Runner):
+    """A runner that keeps every feed it is given (the decoder's inputs, KV caches included), then runs it
+    on the runner it wraps."""
 
-    def __init__(self, runner):
+    def __init__(self, runner: Runner):
         self.runner, self.feeds = runner, []
+        self.inputs, self.output_names, self.keep = runner.inputs, runner.output_names, runner.keep
 
-    def infer(self, feed: dict) -> dict:
+    def infer_impl(self, feed: dict) -> dict:
         self.feeds.append(dict(feed))
-        return self.runner.infer(feed)
+        return self.runner.infer_impl(feed)
 
 
 def encoder_feeds(pipeline, images: list) -> Iterator[dict]:
@@ -81,17 +85,16 @@ def encoder_feeds(pipeline, images: list) -> Iterator[dict]:
 
 def decoder_feeds(pipeline, images: list, steps: int = DECODE_STEPS) -> Iterator[dict]:
     """The decoder inputs of a prefill and ``steps`` greedy decode steps per batch, run on fp32."""
+    from pixdeploy.runtime.pipeline import Pipeline
+
     recorder = _Recording(pipeline.decoder)
-    plain, pipeline.decoder = pipeline.decoder, recorder
-    try:
-        for chunk in batches(images):
-            embeddings = pipeline.embed(chunk)
-            for _ in pipeline.decode_steps(embeddings, pipeline.prompt_ids(), max_new_tokens=steps + 1, stop=None):
-                pass
-            yield from recorder.feeds
-            recorder.feeds = []
-    finally:
-        pipeline.decoder = plain
+    recording = Pipeline.from_runners(pipeline.bundle, pipeline.encoder, recorder, pipeline.variant)
+    for chunk in batches(images):
+        embeddings = recording.embed(chunk)
+        for _ in recording.decode_steps(embeddings, recording.prompt_ids(), max_new_tokens=steps + 1, stop=None):
+            pass
+        yield from recorder.feeds
+        recorder.feeds = []
 
 
 class FeedReader:

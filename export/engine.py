@@ -1,7 +1,7 @@
 """Bundle -> TensorRT engines, through Polygraphy's loaders: parse -> config -> engine bytes -> header + save.
 
-    pixdeploy build-engine bundle/ [--variant fp32] [--max-batch 4] [--workspace 2G] [--timing-cache FILE]
-                                   [--version-compatible] [--plugins libpixdeploy_plugins.so] [-o DIR]
+    pixdeploy build-engine bundle/ [--variant fp32|fp16|int8-tensorrt] [--max-batch 4] [--workspace 2G]
+                                   [--timing-cache FILE] [--version-compatible] [--plugins LIB.so] [-o DIR]
 
 Each step is small and testable without TensorRT: optimization profiles are derived from the manifest
 (`derive_profiles`), builder options are plain names checked against each TensorRT generation's
@@ -32,7 +32,16 @@ from pixdeploy.export.trt_support import (
     PLUGIN_NAMESPACE_FROM,
     parser_table,
 )
-from pixdeploy.runtime.engine_header import engine_dir_name, version_tuple, write_engine
+from pixdeploy.runtime.bundle import (
+    DEFAULT_VARIANT,
+    ENGINES_DIR,
+    GRAPHS,
+    Bundle,
+    EngineSet,
+    add_engine_set,
+    engine_set_name,
+)
+from pixdeploy.runtime.engine_header import engine_dir_name, gpu_slug, version_tuple, write_engine
 from tqdm import tqdm
 
 from pixdeploy import __version__
@@ -41,24 +50,12 @@ from pixdeploy.files import sha256, staged_dir
 
 ENGINE_SET = "engines.json"  # the index that marks a folder as pixdeploy's engines (what --force may replace)
 ENGINE_SET_FORMAT = "pixdeploy-engines"
-GRAPHS = ("image_encoder", "decoder")
 INSTALL_TENSORRT = ("TensorRT is not installed: on x86, pip install tensorrt (NVIDIA's index, "
                     "--extra-index-url https://pypi.nvidia.com); on JetPack, sudo apt install python3-libnvinfer "
                     "and create the virtual environment with --system-site-packages")
 
 
 # ---- 1. what is built: graph files and optimization profiles (from the manifest alone) ----
-
-def available_variants(manifest: dict) -> list[str]:
-    """The precision variants a bundle holds: its base graphs' precision plus any ``variants`` entries."""
-    return [manifest.get("precision", "fp32"), *manifest.get("variants", {})]
-
-
-def variant_graph(bundle, graph: str, variant: str) -> Path:
-    """The ONNX file of ``graph`` in ``variant``: asked of `Bundle.graph_path`, the one place that maps a
-    variant to its graph files (old fp32-only bundles included)."""
-    return bundle.graph_path(graph, variant)
-
 
 @dataclass(frozen=True)
 class ShapeProfile:
@@ -278,37 +275,44 @@ def is_engine_dir(path: Path) -> bool:
 def build_engines(bundle_path, *, variant: str | None = None, max_batch: int = 4, workspace: int | None = None,
                   timing_cache: Path | None = None, version_compatible: bool = False, plugins: tuple = (),
                   out: Path | None = None, force: bool = False, echo=print) -> Path:
-    """Build every graph of a bundle into ``bundle/engines/<gpu>-trt<version>/`` (or ``out``). Returns the folder."""
-    from pixdeploy.runtime.bundle import Bundle
-
+    """Build both graphs of a bundle variant into ``bundle/engines/<gpu>-trt<version>-<variant>/`` (recorded in
+    the manifest, so fp32 and int8 sets for one GPU and TensorRT live side by side) or into ``out``. Returns
+    the folder."""
     bundle = Bundle(bundle_path)
-    variant = variant or bundle.manifest.get("precision", "fp32")
-    graph_files = {g: variant_graph(bundle, g, variant) for g in GRAPHS}  # refuses an unknown variant
+    variant = variant or DEFAULT_VARIANT
+    graph_files = {g: bundle.graph_path(g, variant) for g in GRAPHS}  # refuses an unknown variant
+    precision = str(bundle.variant(variant).get("precision", "?"))
     trt = import_tensorrt()
     trt_version = trt.__version__
     preflight(bundle, trt_version, list(plugins), echo)
     gpu, cc = gpu_identity()
-    folder = Path(out) if out else bundle.path / "engines" / engine_dir_name(gpu, trt_version)
+    name = engine_set_name(gpu_slug(gpu), trt_version, variant)
+    in_bundle = out is None
+    folder = Path(out) if out else bundle.path / ENGINES_DIR / name
     timing_cache = Path(timing_cache) if timing_cache else default_timing_cache(gpu, trt_version)
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     settings = build_settings(trt_version, workspace=workspace, version_compatible=version_compatible,
                               plugins=bool(plugins))
     if gating_problems(settings):
         raise PixdeployError(f"TensorRT {trt_version} lacks {', '.join(gating_problems(settings))}")
-    index = {"format": ENGINE_SET_FORMAT, "tensorrt": trt_version, "gpu": gpu, "compute_capability": cc,
-             "variant": variant, "export_profile": bundle_profile(bundle.manifest).name, "engines": {}}
+    engine_set = EngineSet(name, variant, trt_version, gpu, cc, bundle_profile(bundle.manifest).name, max_batch,
+                           version_compatible, tuple(Path(p).name for p in plugins),
+                           {g: f"{ENGINES_DIR}/{name}/{g}.engine" for g in GRAPHS})
+    index = {"format": ENGINE_SET_FORMAT, **engine_set.to_dict(), "engines": {}}
     with staged_dir(folder, replace=force, what="pixdeploy engine folder", is_replaceable=is_engine_dir,
                     echo=echo) as tmp:
         for graph, onnx_path in tqdm(graph_files.items(), desc="engines", unit="engine", file=sys.stderr):
             profiles = derive_profiles(graph, bundle.graphs[graph], bundle.config, max_batch)
-            echo(f"building {graph} ({', '.join(p.name for p in profiles)}) with TensorRT {trt_version} on {gpu}")
+            echo(f"building {graph} of {variant} ({', '.join(p.name for p in profiles)}) with TensorRT "
+                 f"{trt_version} on {gpu}")
             plan, network = build_graph(onnx_path, settings, profiles, timing_cache, list(plugins), trt)
             layers = engine_layers(plan, trt)
             header = {"tensorrt": trt_version, "gpu": gpu, "compute_capability": cc, "graph": graph,
-                      "variant": variant, "precision": variant, "profiles": [p.to_dict() for p in profiles],
-                      "source_sha256": sha256(onnx_path), "producer": f"pixdeploy {__version__}",
+                      "variant": variant, "precision": precision, "profiles": [p.to_dict() for p in profiles],
+                      "max_batch": max_batch, "source_sha256": sha256(onnx_path),
+                      "producer": f"pixdeploy {__version__}",
                       "version_compatible": version_compatible, "settings": settings.to_dict(),
-                      "plugins": [Path(p).name for p in plugins], "plugin_layers": network["plugin_layers"]}
+                      "plugins": list(engine_set.plugins), "plugin_layers": network["plugin_layers"]}
             write_engine(tmp / f"{graph}.engine", header, plan)
             (tmp / f"{graph}.layers.json").write_text(json.dumps(layers, indent=1), encoding="utf-8")
             index["engines"][graph] = {"file": f"{graph}.engine", "plugin_layers": network["plugin_layers"]}
@@ -316,20 +320,6 @@ def build_engines(bundle_path, *, variant: str | None = None, max_batch: int = 4
                  + (f"plugins ran for {len(network['plugin_layers'])} node(s)" if network["plugin_layers"]
                     else "custom ops ran as their function bodies"))
         (tmp / ENGINE_SET).write_text(json.dumps(index, indent=2), encoding="utf-8")
-    if folder.parent == bundle.path / "engines":
-        record_in_manifest(bundle, folder.name, index)
+    if in_bundle:
+        add_engine_set(bundle.path, engine_set, folder, echo)
     return folder
-
-
-def record_in_manifest(bundle, name: str, index: dict) -> None:
-    """List an engine folder in the bundle's manifest (written atomically)."""
-    from pixdeploy.runtime.bundle import rewrite_manifest
-
-    from pixdeploy.files import locked_dir
-
-    def add(manifest: dict) -> None:
-        manifest.setdefault("engines", {})[name] = {k: index[k] for k in ("tensorrt", "gpu", "compute_capability",
-                                                                          "variant", "export_profile")}
-
-    with locked_dir(bundle.path):  # read again under the lock: keep what a quantize added meanwhile
-        rewrite_manifest(bundle.path, add)

@@ -40,18 +40,24 @@ class GraphSpec:
     inputs: dict[str, tuple]  # name -> (dtype, dims); a str dim is symbolic
     outputs: dict[str, tuple]
     purpose: str
+    cache: tuple = ()  # (input, output) pairs a caller feeds back: the decoder's KV cache
 
     def to_dict(self) -> dict:
-        return {"file": f"{self.name}.onnx", "purpose": self.purpose,
-                "inputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in self.inputs.items()},
-                "outputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in self.outputs.items()}}
+        out = {"file": f"{self.name}.onnx", "purpose": self.purpose,
+               "inputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in self.inputs.items()},
+               "outputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in self.outputs.items()}}
+        if self.cache:  # recorded once here, so no runtime re-derives the names or the dtype
+            out["cache"] = [{"past": p, "present": q, "dtype": self.inputs[p][0], "shape": list(self.inputs[p][1])}
+                            for p, q in self.cache]
+        return out
 
 
 def graph_specs(cfg) -> list[GraphSpec]:
     S, W, C = cfg.image_size, cfg.n_windows, cfg.dim
     cache = ("float32", ["batch", cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim])
-    kv_in = {f"past_{kv}_{i}": cache for i in range(cfg.n_layers) for kv in "kv"}
-    kv_out = {f"present_{kv}_{i}": cache for i in range(cfg.n_layers) for kv in "kv"}
+    pairs = tuple((f"past_{kv}_{i}", f"present_{kv}_{i}") for i in range(cfg.n_layers) for kv in "kv")
+    kv_in = {p: cache for p, _ in pairs}
+    kv_out = {q: cache for _, q in pairs}
     return [
         GraphSpec("image_encoder",
                   {"images": ("uint8", ["images", S, S, 3]), "sizes": ("int64", ["images", 2])},
@@ -60,7 +66,7 @@ def graph_specs(cfg) -> list[GraphSpec]:
         GraphSpec("decoder",
                   {"embeds": ("float32", ["batch", "tokens", C]), "input_pos": ("int64", ["tokens"]), **kv_in},
                   {"logits": ("float32", ["batch", cfg.vocab_out]), **kv_out},
-                  "prefill (tokens > 1) or one decode step (tokens = 1) over a fixed-size KV cache"),
+                  "prefill (tokens > 1) or one decode step (tokens = 1) over a fixed-size KV cache", cache=pairs),
     ]
 
 

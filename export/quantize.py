@@ -29,7 +29,6 @@ import contextlib
 import copy
 import json
 import logging
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,15 +44,13 @@ from pixdeploy.export.calibration import (
     encoder_feeds,
     measure_ranges,
 )
-from pixdeploy.export.onnx_export import IR_VERSION, graph_specs
+from pixdeploy.export.onnx_export import graph_specs
 from pixdeploy.export.parity import ParityError, check_parity, default_parity_images
-from pixdeploy.runtime.bundle import DEFAULT_VARIANT, Bundle, rewrite_manifest
+from pixdeploy.runtime.bundle import GRAPHS, Bundle, adding_variant
 
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import _TEMP, _pid_alive, locked_dir, sha256, staged_dir
+from pixdeploy.files import sha256
 
-GRAPHS = ("image_encoder", "decoder")
-VARIANTS_DIR = "variants"
 WEIGHT_OPS = ("MatMul", "Gemm")  # the matrix multiplies: linear layers and the output head
 
 
@@ -191,13 +188,13 @@ def calibrate(bundle: Bundle, images: list, cache_path: Path | None, echo) -> Ca
         cache = CalibrationCache.load(cache_path, expected)
         echo(f"calibration: ranges from {cache_path} ({cache.images} images of {cache.source}); nothing recomputed")
         return cache
-    pipe = Pipeline(bundle, device="cpu")
     graphs = {}
-    feeds = {"image_encoder": encoder_feeds(pipe, images), "decoder": decoder_feeds(pipe, images)}
-    for g in GRAPHS:
-        with tqdm(desc=f"calibrating {g}", unit="batch", leave=False) as bar, quiet_quantizer():
-            graphs[g] = {"sha256": expected[g],
-                         "ranges": measure_ranges(bundle.graph_path(g), feeds[g], list(WEIGHT_OPS), bar)}
+    with Pipeline.open(bundle, device="cpu") as pipe:
+        feeds = {"image_encoder": encoder_feeds(pipe, images), "decoder": decoder_feeds(pipe, images)}
+        for g in GRAPHS:
+            with tqdm(desc=f"calibrating {g}", unit="batch", leave=False) as bar, quiet_quantizer():
+                graphs[g] = {"sha256": expected[g],
+                             "ranges": measure_ranges(bundle.graph_path(g), feeds[g], list(WEIGHT_OPS), bar)}
     source = "sample photos" if images and not isinstance(images[0], (str, Path)) else str(Path(images[0]).parent)
     cache = CalibrationCache(graphs, len(images), source)
     if cache_path is not None:
@@ -225,50 +222,69 @@ def make_int8(bundle: Bundle, variant: Variant, out: Path, cache: CalibrationCac
             else:
                 quantize_dynamic(src, out / f"{g}.onnx", op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
                                  per_channel=True, weight_type=QuantType.QInt8)
-        pin_ir_version(out / f"{g}.onnx")
     return {"images": cache.images, "source": cache.source} if variant.target == "tensorrt" else {}
 
 
-def pin_ir_version(path: Path) -> None:
+def pin_ir_version(path: Path, ir_version: int) -> None:
+    """onnxruntime's quantizer writes its own IR version; a variant keeps its bundle's (onnxruntime 1.31
+    reads at most 13; TensorRT 10.3's parser reads 10)."""
     proto = onnx.load(str(path))
-    if proto.ir_version != IR_VERSION:
-        proto.ir_version = IR_VERSION  # onnxruntime 1.31 reads at most IR 13; the bundle's graphs all use one
+    if proto.ir_version != ir_version:
+        proto.ir_version = ir_version
         onnx.save(proto, str(path))
 
 
 # ---- the bundle ----
 
 
-def bundle_seeing(bundle: Bundle, name: str, entry: dict, folder: Path) -> Bundle:
-    """The same bundle, unverified, seeing variant ``name`` (its manifest ``entry``) with its graphs in
-    ``folder`` under the bundle, where they are being written: what the parity gate loads."""
-    staged = Bundle(bundle.path, verify=False)
-    staged.manifest = copy.deepcopy(bundle.manifest)
-    staged.manifest.setdefault("variants", {})[name] = {
-        **entry, "graphs": {g: {**d, "file": folder.relative_to(bundle.path).joinpath(f"{g}.onnx").as_posix()}
-                            for g, d in entry["graphs"].items()}}
-    return staged
+def check_request(variant: Variant, calib, calib_count, calib_cache) -> None:
+    """Options that do not fit the variant, refused before any work."""
+    int8 = variant.precision == "int8"
+    if variant.name != "int8-tensorrt" and (calib is not None or calib_count is not None or calib_cache is not None):
+        why = "fp16 needs no calibration" if not int8 else "int8 for cpu measures activation ranges as it runs"
+        raise PixdeployError(f"--calib, --calib-count and --calib-cache are for int8 --target tensorrt; {why}")
+    if calib_count is not None and calib_count < 1:
+        raise CalibrationError(f"--calib-count must be at least 1, got {calib_count}")
 
 
-def _variant_files(bundle_path: Path, folder: Path) -> dict:
-    return {p.relative_to(bundle_path).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
-            for p in sorted(folder.iterdir()) if p.is_file()}
+def source_model(bundle: Bundle, checkpoint):
+    """The PyTorch model the bundle was exported from (or ``checkpoint``), refused when it is another model."""
+    from pixdeploy.checkpoint import Checkpoint
+
+    checkpoint = checkpoint or (bundle.manifest.get("source") or {}).get("checkpoint")
+    if not checkpoint:
+        raise PixdeployError(f"bundle {bundle.path} does not name its checkpoint; pass --checkpoint")
+    ck = Checkpoint(checkpoint)
+    if ck.config.to_dict() != bundle.config.to_dict():
+        raise PixdeployError(f"checkpoint {ck.path} is not the model of bundle {bundle.path} (configs differ)")
+    return ck
 
 
-def sweep_orphans(bundle: Bundle, echo) -> None:
-    """Remove variant folders no manifest entry names: left by a run killed before (or just after)
-    the manifest switched. Folders of a run still going (live PID in a staged name) are left alone."""
-    root = bundle.path / VARIANTS_DIR
-    if not root.is_dir():
-        return
-    used = {Path(g["file"]).parts[1] for v in bundle.variants.values() for g in (v.get("graphs") or {}).values()
-            if isinstance(g, dict) and Path(g.get("file", "")).parts[:1] == (VARIANTS_DIR,)}
-    for p in sorted(root.iterdir()):
-        m = _TEMP.match(p.name)
-        if p.name in used or (m and _pid_alive(int(m["pid"]))):
-            continue
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-        echo(f"removed {p.relative_to(bundle.path)}, left by an interrupted run")
+def make_graphs(bundle: Bundle, variant: Variant, model, out: Path, images: list, calib_cache, echo) -> dict:
+    """Write the variant's two graphs into ``out``; returns what the manifest records about how."""
+    echo(f"making {variant.name}: {variant.method}")
+    if variant.precision == "int8":
+        cache = (calibrate(bundle, images, Path(calib_cache) if calib_cache else None, echo)
+                 if variant.name == "int8-tensorrt" else None)
+        detail = make_int8(bundle, variant, out, cache)
+    else:
+        detail = make_fp16(model, out, bundle.manifest)
+    from pixdeploy.export.profiles import bundle_profile
+
+    for g in GRAPHS:  # every variant keeps its bundle's target: the same opset and IR as the fp32 graphs
+        pin_ir_version(out / f"{g}.onnx", bundle_profile(bundle.manifest).ir_version)
+    check_fits_target(bundle, variant, out)
+    return detail
+
+
+def check_fits_target(bundle: Bundle, variant: Variant, out: Path) -> None:
+    """A variant of a TensorRT-target bundle must fit the same operator table as its fp32 graphs."""
+    from pixdeploy.export.bundle import check_fits_tensorrt
+    from pixdeploy.export.profiles import bundle_profile
+
+    profile = bundle_profile(bundle.manifest)
+    for g in GRAPHS:
+        check_fits_tensorrt(onnx.load(str(out / f"{g}.onnx")), f"{variant.name} {g}", profile)
 
 
 def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, checkpoint=None, calib=None,
@@ -276,103 +292,43 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ch
                     extra_checks: Callable | None = None, steps: int = 8, force: bool = False, echo=print):
     """Add a variant to a bundle once it passes its precision's parity gate. Returns (Bundle, ParityResult).
 
-    Written in two steps so that a kill at any moment leaves the bundle loading and verifying as before:
-    the graphs go into a new folder under ``variants/`` (staged, renamed into place), then the manifest is
-    replaced in one rename. ``extra_checks(pipeline) -> [Check]`` adds checks to the gate (the demo's
+    The bundle transaction is the format module's (`adding_variant`): a kill at any moment leaves the bundle
+    loading and verifying as before. ``extra_checks(pipeline) -> [Check]`` adds checks to the gate (the demo's
     held-out reading). ``steps``: greedy tokens compared per image (an answer's length, not a page's:
     past a model's answer its tokens are guesses that quantization noise may flip).
     """
-    from pixdeploy.checkpoint import Checkpoint
-
     variant = choose_variant(precision, target)
-    int8 = variant.precision == "int8"
-    calibrated = variant.name == "int8-tensorrt"  # int8-cpu measures activation ranges per call
-    if not calibrated and (calib is not None or calib_count is not None or calib_cache is not None):
-        why = "fp16 needs no calibration" if not int8 else "int8 for cpu measures activation ranges as it runs"
-        raise PixdeployError(f"--calib, --calib-count and --calib-cache are for int8 --target tensorrt; {why}")
-    if calib_count is not None and calib_count < 1:
-        raise CalibrationError(f"--calib-count must be at least 1, got {calib_count}")
+    check_request(variant, calib, calib_count, calib_cache)
     bundle = Bundle(bundle_path)  # refuses a damaged bundle before any work
-    if variant.name in (bundle.manifest.get("variants") or {}) and not force:
+    if variant.name in bundle.variants and not force:
         raise PixdeployError(f"bundle {bundle.path} already has variant {variant.name}; pass --force to replace it")
-    checkpoint = checkpoint or (bundle.manifest.get("source") or {}).get("checkpoint")
-    if not checkpoint:
-        raise PixdeployError(f"bundle {bundle.path} does not name its checkpoint; pass --checkpoint")
-    ck = Checkpoint(checkpoint)
-    if ck.config.to_dict() != bundle.config.to_dict():
-        raise PixdeployError(f"checkpoint {ck.path} is not the model of bundle {bundle.path} (configs differ)")
+    ck = source_model(bundle, checkpoint)
+    calibrated = variant.name == "int8-tensorrt"  # int8-cpu measures activation ranges per call
     images = calibration_images(calib, calib_count) if calibrated and not _cache_hit(calib_cache) else []
-    with locked_dir(bundle.path, echo):  # another quantize may be switching its folder in right now
-        sweep_orphans(Bundle(bundle.path, verify=False), echo)
-
     model = ck.load_model()
     t0 = time.perf_counter()
-    folder = bundle.path / VARIANTS_DIR / f"{variant.name}-{time.time_ns():x}"  # new each run: never half-replaced
-    folder.parent.mkdir(exist_ok=True)
-    with contextlib.ExitStack() as switching:
-        with staged_dir(folder, what="pixdeploy variant", echo=echo) as tmp:
-            echo(f"making {variant.name}: {variant.method}")
-            if int8:
-                cache = (calibrate(bundle, images, Path(calib_cache) if calib_cache else None, echo)
-                         if calibrated else None)
-                detail = make_int8(bundle, variant, tmp, cache)
-            else:
-                detail = make_fp16(model, tmp, bundle.manifest)
-            seconds = time.perf_counter() - t0
+    with adding_variant(bundle.path, variant.name, force=force, echo=echo) as (staged, entry):
+        detail = make_graphs(bundle, variant, model, staged.dir, images, calib_cache, echo)
+        entry.update(precision=variant.precision, target=variant.target, method=variant.method,
+                     graphs={g: {"file": staged.entry_file(f"{g}.onnx")} for g in GRAPHS})
+        if detail:
+            entry["calibration"] = detail
+        seconds = time.perf_counter() - t0
+        echo(f"checking {variant.name} parity against PyTorch fp32")
+        from pixdeploy.runtime.pipeline import Pipeline
 
-            entry = {"precision": variant.precision, "target": variant.target, "method": variant.method,
-                     "graphs": {s.name: {**s.to_dict(), "file": f"{VARIANTS_DIR}/{folder.name}/{s.name}.onnx"}
-                                for s in graph_specs(bundle.config)}}
-            if detail:
-                entry["calibration"] = detail
-            staged = bundle_seeing(bundle, variant.name, entry, tmp)
-            echo(f"checking {variant.name} parity against PyTorch fp32")
-            from pixdeploy.runtime.pipeline import Pipeline
-
-            pipe = Pipeline(staged, device="cpu", variant=variant.name)
-            result = check_parity(model, pipe, parity_images or default_parity_images(), precision=variant.precision,
-                                  steps=steps)
+        with Pipeline.open(staged.view(entry), device="cpu", variant=variant.name) as pipe:
+            result = check_parity(model, pipe, parity_images or default_parity_images(),
+                                  precision=variant.precision, steps=steps)
             if extra_checks is not None:
                 result.checks += extra_checks(pipe)
-            record = result.to_dict()
-            (tmp / "parity.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-            if not result:
-                names = ", ".join(f"{c.name}={c.value:.3g}" for c in result.failures)
-                raise ParityError(f"{variant.name} failed its parity gate ({names}); "
-                                  f"bundle {bundle.path} left as it was")
-            # Held from before the folder is renamed into place until the manifest names it: no other writer
-            # reads the manifest in between, or sweeps the folder as an orphan.
-            switching.enter_context(locked_dir(bundle.path, echo))
+        (staged.dir / "parity.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+        if not result:
+            names = ", ".join(f"{c.name}={c.value:.3g}" for c in result.failures)
+            raise ParityError(f"{variant.name} failed its parity gate ({names}); bundle {bundle.path} left as it was")
         entry.update(parity={"passed": True, "checks": {c.name: c.value for c in result.checks}},
                      seconds=round(seconds, 1))
-        _switch_in(bundle.path, variant, entry, folder, force, echo)
     return Bundle(bundle.path), result
-
-
-def _switch_in(bundle_path: Path, variant: Variant, entry: dict, folder: Path, force: bool, echo) -> None:
-    """Name the variant's folder in the manifest (one rename), then remove the folder it replaced.
-    The caller holds the bundle's lock; the manifest is read again here, so whatever another writer
-    added while this variant was being made (an engine set, another variant) is kept."""
-
-    def add(manifest: dict) -> None:
-        variants = manifest.setdefault("variants", {})
-        old = variants.get(variant.name)
-        if old and not force:
-            shutil.rmtree(folder)
-            raise PixdeployError(f"another pixdeploy process added variant {variant.name} to bundle {bundle_path} "
-                                 "while this one ran; pass --force to replace it")
-        variants.setdefault(DEFAULT_VARIANT, {"precision": "fp32", "target": "any", "graphs": manifest["graphs"],
-                                              "parity": manifest.get("parity")})
-        variants[variant.name] = entry
-        files = manifest["files"]
-        if old:  # --force: the replaced variant's files leave the checksum table with it
-            for g in old.get("graphs", {}).values():
-                files.pop(g["file"], None)
-            files.pop(f"{Path(next(iter(old['graphs'].values()))['file']).parent.as_posix()}/parity.json", None)
-        files.update(_variant_files(bundle_path, folder))
-
-    rewrite_manifest(bundle_path, add, echo)
-    sweep_orphans(Bundle(bundle_path, verify=False), lambda *_: None)  # the replaced variant's folder
 
 
 def _cache_hit(calib_cache) -> bool:

@@ -22,16 +22,19 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixdeploy.runtime.bundle import Bundle, BundleError
+from pixdeploy.runtime.bundle import DEFAULT_VARIANT, GRAPHS, Bundle, BundleError, select_engine_set
 
 from pixdeploy import __version__
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import check_replaceable, staged_dir
+from pixdeploy.text import printable
 
 REPOSITORY_FORMAT = "pixdeploy-triton-repository"
 MARKER = "pixdeploy_repository.json"
 MODELS_DIR = Path(__file__).parent / "triton_models"  # the Python-backend model code, shipped as package data
-GRAPHS = ("image_encoder", "decoder")
+DEFAULT_MAX_BATCH = 8
+MAX_BATCH_LIMIT = 1 << 16  # Triton stores max_batch_size as int32; a batch this large is no real request
+MAX_INSTANCES = 1024
 STREAM_MODEL, GENERATE_MODEL = "pixdeploy", "pixdeploy_generate"
 # What the generation models need from the bundle besides the graphs (which run in their own models).
 LOOP_FILES = ("manifest.json", "tokenizer.json", "text_embeddings.npy")
@@ -145,35 +148,59 @@ def to_pbtxt(cfg) -> str:
     return text_format.MessageToString(cfg)
 
 
-def graph_artifacts(bundle: Bundle, backend: str) -> dict[str, Path]:
-    """The file each graph model serves, per backend. TensorRT engines come from `build-engine`."""
+def graph_artifacts(bundle: Bundle, backend: str, variant: str, engines: str | None = None) -> tuple[dict, object]:
+    """({graph: the file each graph model serves}, the engine set or None). TensorRT engines come from
+    `build-engine`, chosen by the format module's one rule (`select_engine_set`) for the variant."""
     if backend in ("onnxruntime", "python"):
-        return {g: bundle.graph_path(g) for g in GRAPHS}
-    engines = bundle_engines(bundle)
-    missing = [g for g in GRAPHS if g not in engines]
-    if missing:
-        raise PixdeployError(f"bundle {bundle.path} has no TensorRT engines for {', '.join(missing)}; build them "
-                             f"with `pixdeploy build-engine {bundle.path}` on the GPU that will serve them")
-    return engines
+        if engines is not None:
+            raise PixdeployError("--engines names a TensorRT engine set; it is for --backend tensorrt")
+        return {g: bundle.graph_path(g, variant) for g in GRAPHS}, None
+    chosen = select_engine_set(bundle, variant, name=engines)
+    return bundle.engine_files(chosen), chosen
 
 
-def bundle_engines(bundle: Bundle) -> dict[str, Path]:
-    """TensorRT engines built by `pixdeploy build-engine`, {graph: engine file}: the manifest lists each
-    build under `engines` (folder `engines/NAME/`, whose `engines.json` names a file per graph); the
-    first build listed that has a graph wins. A bundle without `engines` has none."""
-    builds = bundle.manifest.get("engines")
-    found: dict[str, Path] = {}
-    for name in builds if isinstance(builds, dict) else ():
-        folder = bundle.path / "engines" / name
-        try:
-            index = json.loads((folder / "engines.json").read_text(encoding="utf-8"))["engines"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        for graph, entry in index.items() if isinstance(index, dict) else ():
-            path = folder / str(entry.get("file", "")) if isinstance(entry, dict) else None
-            if graph in GRAPHS and path is not None and path.is_file():
-                found.setdefault(graph, path)
-    return found
+def engine_max_batch(files: dict, chosen) -> int:
+    """The largest batch every engine of a set accepts, from the headers (what Triton's TensorRT backend
+    compares max_batch_size with when it loads the model)."""
+    from pixdeploy.runtime.engine_header import read_header
+
+    bounds = []
+    for graph, path in files.items():
+        header = read_header(path)
+        if header["variant"] != chosen.variant or header["graph"] != graph:
+            raise BundleError(f"{path} holds {header['graph']} of {header['variant']}, not {graph} of {chosen.variant}")
+        for profile in header["profiles"]:
+            first = next(iter(profile["shapes"].values()))
+            bounds.append(int(first[2][0]))  # max shape, batch dim
+    return min(bounds)
+
+
+def check_engine_config(cfg, header: dict) -> list[str]:
+    """What Triton's TensorRT backend would refuse when loading ``cfg`` over the engine ``header`` describes
+    (tensorrt_backend model_state.cc / instance_state.cc): max_batch_size above the profiles' batch, dims
+    outside them, and a multi-profile engine whose instance group names fewer profiles (Triton then uses
+    profile 0 only)."""
+    problems = []
+    profiles = header["profiles"]
+    batched = cfg.max_batch_size > 0
+    for tensor in cfg.input:
+        for p in profiles:
+            lo, _, hi = (list(b) for b in p["shapes"][tensor.name])
+            dims = ([cfg.max_batch_size] if batched else []) + list(tensor.dims)
+            if len(dims) != len(hi):
+                problems.append(f"{cfg.name}.{tensor.name}: rank {len(dims)}, engine {len(hi)}")
+                continue
+            for d, a, b in zip(dims, lo, hi):
+                if d != -1 and not a <= d <= b:
+                    problems.append(f"{cfg.name}.{tensor.name}: dims {dims} outside profile {p['name']} "
+                                    f"({lo}..{hi})")
+                    break
+    if len(profiles) > 1:
+        for group in cfg.instance_group:
+            if sorted(group.profile) != [str(i) for i in range(len(profiles))]:
+                problems.append(f"{cfg.name}: instance group uses profiles {list(group.profile) or ['0']} of "
+                                f"{len(profiles)}")
+    return problems
 
 
 def copy_model_file(source: Path, target: Path, backend: str) -> None:
@@ -202,17 +229,31 @@ def repository_info(path: Path) -> dict | None:
     return info if isinstance(info, dict) and info.get("format") == REPOSITORY_FORMAT else None
 
 
-def write_repository(bundle_path, out, *, backend: str = "onnxruntime", max_batch: int = 8, instances: int = 1,
+def write_repository(bundle_path, out, *, backend: str = "onnxruntime", max_batch: int | None = None,
+                     instances: int = 1, variant: str = DEFAULT_VARIANT, engines: str | None = None,
                      force: bool = False, echo=print) -> Path:
-    """Write a Triton model repository for a bundle (atomically); returns its path."""
+    """Write a Triton model repository for a bundle variant (atomically); returns its path.
+
+    ``max_batch``: the encoder's and pixdeploy_generate's largest dynamic batch; default 8, or with
+    ``--backend tensorrt`` the engines' own (a larger one is refused: Triton would refuse to load it)."""
     if backend not in GRAPH_BACKENDS:
         raise PixdeployError(f"unknown backend {backend!r}; choose one of {', '.join(GRAPH_BACKENDS)}")
-    if max_batch < 1 or instances < 1:
-        raise PixdeployError("--max-batch and --instances must be at least 1")
+    if (max_batch is not None and not 1 <= max_batch <= MAX_BATCH_LIMIT) or not 1 <= instances <= MAX_INSTANCES:
+        raise PixdeployError(f"--max-batch must be within 1..{MAX_BATCH_LIMIT} and --instances within "
+                             f"1..{MAX_INSTANCES}")
     out = Path(out)
     check_replaceable(out, replace=force, what="pixdeploy Triton repository", is_replaceable=is_repository_dir)
     bundle = Bundle(bundle_path)  # checks format and checksums before anything is written
-    artifacts = graph_artifacts(bundle, backend)
+    check_outside(out, bundle.path)
+    artifacts, chosen = graph_artifacts(bundle, backend, variant, engines)
+    if chosen is not None:
+        engine_batch = engine_max_batch(artifacts, chosen)
+        if max_batch is not None and max_batch > engine_batch:
+            raise PixdeployError(f"--max-batch {max_batch} is larger than engine set {chosen.name} accepts "
+                                 f"({engine_batch}); rebuild with `pixdeploy build-engine --max-batch {max_batch}` "
+                                 "or leave --max-batch out")
+        max_batch = max_batch or engine_batch
+    max_batch = max_batch or DEFAULT_MAX_BATCH
     kind = GRAPH_BACKENDS[backend]
     with staged_dir(out, replace=force, what="pixdeploy Triton repository", is_replaceable=is_repository_dir,
                     echo=echo) as tmp:
@@ -223,23 +264,69 @@ def write_repository(bundle_path, out, *, backend: str = "onnxruntime", max_batc
             if backend == "python":
                 shutil.copyfile(MODELS_DIR / "graph_model.py", version / "model.py")
             cfg = graph_config(g, bundle.graphs[g], backend, max_batch, instances)
+            if chosen is not None:
+                from pixdeploy.runtime.engine_header import read_header
+
+                header = read_header(artifacts[g])
+                if len(header["profiles"]) > 1:  # the decoder: prefill is profile 0, decode profile 1
+                    for group in cfg.instance_group:
+                        group.profile.extend(str(i) for i in range(len(header["profiles"])))
+                problems = check_engine_config(cfg, header)
+                if problems:
+                    raise PixdeployError(f"Triton would refuse {g} over engine set {chosen.name}: "
+                                         + "; ".join(problems))
             (tmp / g / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
         for name, decoupled in ((STREAM_MODEL, True), (GENERATE_MODEL, False)):
             version = tmp / name / "1"
             (version / "bundle").mkdir(parents=True)
             shutil.copyfile(MODELS_DIR / "generate_model.py", version / "model.py")
             for f in LOOP_FILES:
-                shutil.copyfile(bundle.file(f), version / "bundle" / f)
+                shutil.copyfile(bundle.checked(f) if f != "manifest.json" else bundle.path / f, version / "bundle" / f)
             cfg = loop_config(name, decoupled, max_batch, instances)
             (tmp / name / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
         info = {"format": REPOSITORY_FORMAT, "producer": f"pixdeploy {__version__}", "bundle": str(bundle.path),
-                "bundle_manifest_sha256": _manifest_digest(bundle), "backend": backend, "max_batch": max_batch,
+                "bundle_manifest_sha256": _manifest_digest(bundle), "backend": backend, "variant": variant,
+                "engines": chosen.name if chosen else None, "max_batch": max_batch,
                 "instances": instances, "models": [*GRAPHS, STREAM_MODEL, GENERATE_MODEL]}
         (tmp / MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        (tmp / "README.md").write_text(repository_readme(backend, variant, chosen), encoding="utf-8")
+    for line in server_flags(chosen):
+        echo(line)
     return out
 
 
-def repository_for(bundle_path, repository, *, max_batch: int, instances: int, echo=print) -> Path:
+def server_flags(chosen) -> list[str]:
+    """What `tritonserver` must be started with to load a TensorRT engine set (tensorrt_backend README)."""
+    if chosen is None:
+        return []
+    lines = [f"start tritonserver with TensorRT {chosen.tensorrt} (the engines run only there) on a GPU of compute "
+             f"capability {chosen.compute_capability}"]
+    if chosen.plugins:
+        lines.append("and load the plugin libraries the engines were built with: --backend-config=tensorrt,"
+                     f"plugins=\"{';'.join('/path/to/' + p for p in chosen.plugins)}\"")
+    if chosen.version_compatible:
+        lines.append("and allow the version-compatible engines' host code: --backend-config=tensorrt,"
+                     "version-compatible=true")
+    return [printable(line) for line in lines]
+
+
+def repository_readme(backend: str, variant: str, chosen) -> str:
+    lines = [f"# Triton model repository for a pixdeploy bundle (variant {variant}, backend {backend})", "",
+             "Models: image_encoder, decoder, pixdeploy (streaming), pixdeploy_generate.", ""]
+    lines += [f"- {line}" for line in server_flags(chosen)]
+    return "\n".join(lines) + "\n"
+
+
+def check_outside(out: Path, *inputs: Path) -> None:
+    """An output must not land inside an input artifact (nor an input inside the output being replaced)."""
+    from pixdeploy.files import check_not_inside
+
+    for artifact in inputs:
+        check_not_inside(out, artifact)
+
+
+def repository_for(bundle_path, repository, *, max_batch: int, instances: int, variant: str = DEFAULT_VARIANT,
+                   echo=print) -> Path:
     """The `--backend python` repository `pixdeploy serve` runs: reused when it was written for this
     bundle with these options (a restart serves exactly what ran before), written when absent."""
     repository = Path(repository)
@@ -247,17 +334,17 @@ def repository_for(bundle_path, repository, *, max_batch: int, instances: int, e
     if info is not None:
         bundle = Bundle(bundle_path)
         wanted = {"bundle_manifest_sha256": _manifest_digest(bundle), "backend": "python", "max_batch": max_batch,
-                  "instances": instances}
+                  "instances": instances, "variant": variant}
         if all(info.get(k) == v for k, v in wanted.items()):
             echo(f"reusing model repository {repository}")
             return repository
         raise PixdeployError(f"{repository} holds a repository for another bundle or other options; remove it, "
                              "or rewrite it with `pixdeploy triton BUNDLE -o REPO --backend python --force`")
     return write_repository(bundle_path, repository, backend="python", max_batch=max_batch, instances=instances,
-                            echo=echo)
+                            variant=variant, echo=echo)
 
 
 def _manifest_digest(bundle: Bundle) -> str:
     from pixdeploy.files import sha256
 
-    return sha256(bundle.file("manifest.json"))
+    return sha256(bundle.path / "manifest.json")

@@ -57,6 +57,13 @@ def temp_path(final: Path, kind: str = "tmp") -> Path:
     return final.parent / f".{final.name}.{kind}-{os.getpid()}"
 
 
+def parse_temp(name: str) -> tuple[str, bool] | None:
+    """For a writer's temporary ``.NAME.tmp-PID`` / ``.NAME.old-PID``: (NAME, whether its writer still runs);
+    None for any other name."""
+    m = _TEMP.match(name)
+    return None if m is None else (m["name"], _pid_alive(int(m["pid"])))
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -166,6 +173,19 @@ def staged_dir(final: Path, *, replace: bool = False, what: str = "output",
         replace_dir(tmp, final)
     finally:
         _remove(tmp)
+
+
+def check_not_inside(out, artifact) -> None:
+    """Refuse an output path that lies inside an input artifact (a bundle, a run folder), or that holds it:
+    writing there would change or delete what the command reads. Paths are compared resolved, so a
+    symlink or ``..`` on the way does not hide it."""
+    if str(out) == "":
+        raise PixdeployError("an empty output path was given; name a file or folder")
+    o, a = Path(os.path.realpath(out)), Path(os.path.realpath(artifact))
+    if o == a or a in o.parents:
+        raise PixdeployError(f"{out} lies inside {artifact}, which this command reads; choose an output outside it")
+    if o in a.parents:
+        raise PixdeployError(f"{out} holds {artifact}, which this command reads; choose another output")
 
 
 def check_replaceable(final: Path, *, replace: bool, what: str,

@@ -1,7 +1,10 @@
-"""Inference backends behind one small interface: ``runner.infer(feed) -> {name: array}``.
+"""Inference backends behind one contract, `Runner`: ``infer(feed)`` checks the feed once against the
+graph's declared inputs (names, dtype, rank, fixed dims), then runs (`infer_impl`); ``close()`` frees what
+the runner holds, and a runner is a context manager.
 
 `onnxruntime` runs the ONNX graphs (CPU, or CUDA when onnxruntime-gpu is installed). `tensorrt` runs
-engines built from the same graphs (`pixdeploy build-engine`) behind the same interface.
+engines built from the same graphs (`pixdeploy build-engine`). `open_runners` builds both runners of a
+bundle variant for a backend; `Pipeline` takes them.
 """
 
 from __future__ import annotations
@@ -12,80 +15,142 @@ from pixdeploy.errors import PixdeployError
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
              "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
+NP_TYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
+            "uint8": np.uint8, "bool": np.bool_}
 
 
-class OnnxRuntimeRunner:
-    def __init__(self, path, device: str = "auto"):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise PixdeployError("onnxruntime is not installed: pip install 'pixdeploy[onnx]' "
-                                 "(or onnxruntime-gpu on a CUDA machine)") from None
-        available = ort.get_available_providers()
-        if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise PixdeployError("device cuda asked for, but this onnxruntime has no CUDA provider "
-                                 "(install onnxruntime-gpu)")
-        if device == "cpu" or "CUDAExecutionProvider" not in available:
-            providers = ["CPUExecutionProvider"]
-        else:
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            from pixdeploy.runtime.ort_gpu import tensorrt_provider  # TensorRT EP first where TensorRT is present
+def value_spec(value) -> tuple[np.dtype, tuple]:
+    """(dtype, shape) of a host array, or of a value already on a device (TensorRT `DeviceTensor`,
+    onnxruntime `OrtValue`), without copying it."""
+    if isinstance(value, np.ndarray):
+        return value.dtype, value.shape
+    if callable(getattr(value, "data_type", None)):  # onnxruntime OrtValue: methods, and type strings
+        return np.dtype(ORT_TYPES.get(value.data_type(), np.void)), tuple(value.shape())
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return np.dtype(value.dtype), tuple(value.shape)
+    arr = np.asarray(value)
+    return arr.dtype, arr.shape
 
-            providers = tensorrt_provider(available) + providers
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for damaged graphs
-            raise PixdeployError(f"cannot load {path}: {str(e).splitlines()[0][:300]}") from None
-        self.inputs = {i.name: (ORT_TYPES.get(i.type), i.shape) for i in self.session.get_inputs()}
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.providers = self.session.get_providers()
+
+class Runner:
+    """What every backend is: declared inputs, one feed check, ``infer_impl``, ``close``.
+
+    ``inputs``: name -> (numpy dtype, shape), where a dim that is not a non-negative int is free.
+    ``output_names``: in the graph's order. ``keep``: outputs left on the device between calls (the
+    decoder's KV cache), as the bundle records them."""
+
+    inputs: dict
+    output_names: list
+    keep: frozenset = frozenset()
 
     def infer(self, feed: dict) -> dict:
-        """Run after checking the feed against the graph's declared inputs."""
         self.check_feed(feed)
-        return dict(zip(self.output_names, self.session.run(None, feed)))
+        return self.infer_impl(feed)
+
+    def infer_impl(self, feed: dict) -> dict:
+        raise NotImplementedError
 
     def check_feed(self, feed: dict) -> None:
-        """Names, dtypes and fixed dims of host arrays (values already on a device are checked by the session)."""
         missing = set(self.inputs) - set(feed)
         extra = set(feed) - set(self.inputs)
         if missing or extra:
             raise PixdeployError(
                 f"feed does not match the graph: missing {sorted(missing)}, unexpected {sorted(extra)}")
         for name, (dtype, shape) in self.inputs.items():
-            arr = feed[name]
-            if not isinstance(arr, np.ndarray):
-                continue
-            if arr.dtype != dtype or arr.ndim != len(shape):
+            got_dtype, got_shape = value_spec(feed[name])
+            if got_dtype != np.dtype(dtype) or len(got_shape) != len(shape):
                 raise PixdeployError(f"input {name}: expected {np.dtype(dtype).name} of rank {len(shape)}, "
-                                     f"got {arr.dtype} of shape {arr.shape}")
-            for got, want in zip(arr.shape, shape):
-                if isinstance(want, int) and got != want:
-                    raise PixdeployError(f"input {name}: expected shape {shape}, got {arr.shape}")
+                                     f"got {got_dtype} of shape {tuple(got_shape)}")
+            for got, want in zip(got_shape, shape):
+                if isinstance(want, int) and want >= 0 and got != want:
+                    raise PixdeployError(f"input {name}: expected shape {tuple(shape)}, got {tuple(got_shape)}")
+
+    def close(self) -> None:
+        """Free what the runner holds (device memory, sessions); a closed runner is not used again."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def _onnxruntime_runner(path, device: str):
-    """On CUDA, I/O binding keeps the KV cache on the GPU between steps (`pixdeploy.runtime.ort_gpu`)."""
-    runner = OnnxRuntimeRunner(path, device)
-    if runner.providers[0] == "CPUExecutionProvider":
-        return runner
-    from pixdeploy.runtime.ort_gpu import OnnxRuntimeBoundRunner
-
-    return OnnxRuntimeBoundRunner.from_runner(runner)
+def declared_inputs(signature: dict) -> dict:
+    """A manifest signature's inputs as `Runner.inputs` (symbolic dims stay strings: free)."""
+    return {name: (NP_TYPES[t["dtype"]], tuple(t["shape"])) for name, t in signature["inputs"].items()}
 
 
-def _tensorrt_runner(path, device: str, allow_host_code: bool = False):
-    from pixdeploy.runtime.tensorrt_backend import TensorRTRunner  # TensorRT and Polygraphy are optional
+def open_session(path, device: str = "auto"):
+    """An onnxruntime session on ``device`` (cpu, cuda, auto); CUDA asked for and absent is an error."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise PixdeployError("onnxruntime is not installed: pip install 'pixdeploy[onnx]' "
+                             "(or onnxruntime-gpu on a CUDA machine)") from None
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise PixdeployError("device cuda asked for, but this onnxruntime has no CUDA provider "
+                             "(install onnxruntime-gpu)")
+    if device == "cpu" or "CUDAExecutionProvider" not in available:
+        providers = ["CPUExecutionProvider"]
+    else:
+        from pixdeploy.runtime.ort_gpu import tensorrt_provider  # TensorRT EP first where TensorRT is present
 
-    return TensorRTRunner(path, device, allow_host_code=allow_host_code)
+        providers = [*tensorrt_provider(available), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types for damaged graphs
+        raise PixdeployError(f"cannot load {path}: {str(e).splitlines()[0][:300]}") from None
 
 
-BACKENDS = {"onnxruntime": _onnxruntime_runner, "tensorrt": _tensorrt_runner}
+class OnnxRuntimeRunner(Runner):
+    """One onnxruntime session; outputs come back as numpy arrays."""
+
+    def __init__(self, session, keep=frozenset()):
+        self.session = session
+        self.inputs = {i.name: (ORT_TYPES.get(i.type), tuple(i.shape)) for i in session.get_inputs()}
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.providers = session.get_providers()
+        self.keep = frozenset(keep)
+
+    @classmethod
+    def open(cls, path, device: str = "auto", keep=frozenset()) -> OnnxRuntimeRunner:
+        """The runner for a graph file: on a GPU provider with I/O binding (`pixdeploy.runtime.ort_gpu`),
+        so the ``keep`` outputs (the KV cache) stay on the device between steps."""
+        session = open_session(path, device)
+        if session.get_providers()[0] == "CPUExecutionProvider":
+            return cls(session, keep)
+        from pixdeploy.runtime.ort_gpu import OnnxRuntimeBoundRunner
+
+        return OnnxRuntimeBoundRunner(session, keep)
+
+    def infer_impl(self, feed: dict) -> dict:
+        return dict(zip(self.output_names, self.session.run(None, feed)))
+
+    def close(self) -> None:
+        self.session = None
 
 
-def make_runner(backend: str, path, device: str, **options):
+def _onnxruntime_runners(bundle, variant: str, device: str, keep: frozenset) -> tuple[Runner, Runner]:
+    return (OnnxRuntimeRunner.open(bundle.graph_path("image_encoder", variant), device),
+            OnnxRuntimeRunner.open(bundle.graph_path("decoder", variant), device, keep))
+
+
+def _tensorrt_runners(bundle, variant: str, device: str, keep: frozenset, allow_host_code: bool = False,
+                      plugins: tuple = ()) -> tuple[Runner, Runner]:
+    from pixdeploy.runtime.tensorrt_backend import open_engines  # TensorRT and Polygraphy are optional
+
+    return open_engines(bundle, variant, device, keep, allow_host_code=allow_host_code, plugins=tuple(plugins))
+
+
+BACKENDS = {"onnxruntime": _onnxruntime_runners, "tensorrt": _tensorrt_runners}
+
+
+def open_runners(bundle, backend: str, variant: str, device: str, **options) -> tuple[Runner, Runner]:
+    """(image encoder, decoder) runners of ``variant`` on ``backend``; the decoder keeps the bundle's recorded
+    cache outputs on the device."""
     if backend not in BACKENDS:
         raise PixdeployError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     import inspect
@@ -94,4 +159,5 @@ def make_runner(backend: str, path, device: str, **options):
     unknown = set(options) - set(inspect.signature(factory).parameters)
     if unknown:
         raise PixdeployError(f"backend {backend} takes no option {', '.join(sorted(unknown))}")
-    return factory(path, device, **options)
+    keep = frozenset(p.present for p in bundle.cache_pairs())
+    return factory(bundle, variant, device, keep, **options)

@@ -1,8 +1,9 @@
 """onnxruntime on a GPU (``pip install onnxruntime-gpu``): I/O binding and the TensorRT execution provider.
 
 With plain ``session.run`` every decode step would copy the whole KV cache to the host and back. With
-I/O binding, outputs named ``present_*`` are allocated by onnxruntime on the session's device and handed
-back as `OrtValue`s; fed in as the next step's ``past_*`` they are bound where they lie. Everything else
+I/O binding, the cache outputs the bundle records (``present_*``) are allocated by onnxruntime on the
+session's device and handed back as `OrtValue`s; fed in as the next step's cache inputs they are bound
+where they lie. Everything else
 (logits, embeddings) comes back as numpy. The same code runs on the CPU provider, which is how it is
 tested on machines without a GPU.
 """
@@ -28,25 +29,16 @@ def tensorrt_provider(available: list[str]) -> list:
 
 
 class OnnxRuntimeBoundRunner(OnnxRuntimeRunner):
-    """`OnnxRuntimeRunner` whose ``present_*`` outputs stay on the device between calls."""
-
-    @classmethod
-    def from_runner(cls, runner: OnnxRuntimeRunner) -> OnnxRuntimeBoundRunner:
-        bound = cls.__new__(cls)
-        bound.__dict__.update(runner.__dict__)
-        return bound
+    """`OnnxRuntimeRunner` whose ``keep`` outputs (the KV cache the bundle records) stay on the device
+    between calls, bound where they lie when fed back."""
 
     @property
     def device_type(self) -> str:
         return "cpu" if self.providers[0] == "CPUExecutionProvider" else "cuda"
 
-    def keeps(self, name: str) -> bool:
-        return name.startswith("present_")
-
-    def infer(self, feed: dict) -> dict:
+    def infer_impl(self, feed: dict) -> dict:
         import onnxruntime as ort
 
-        self.check_feed(feed)
         binding = self.session.io_binding()
         for name, value in feed.items():
             if isinstance(value, ort.OrtValue):
@@ -54,7 +46,7 @@ class OnnxRuntimeBoundRunner(OnnxRuntimeRunner):
             else:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in self.output_names:
-            binding.bind_output(name, self.device_type if self.keeps(name) else "cpu")
+            binding.bind_output(name, self.device_type if name in self.keep else "cpu")
         self.session.run_with_iobinding(binding)
         values = binding.get_outputs()
-        return {name: value if self.keeps(name) else value.numpy() for name, value in zip(self.output_names, values)}
+        return {name: value if name in self.keep else value.numpy() for name, value in zip(self.output_names, values)}

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from pixdeploy.runtime.backends import make_runner
+from pixdeploy.runtime.backends import NP_TYPES, Runner, open_runners
 from pixdeploy.runtime.bundle import DEFAULT_VARIANT, Bundle
 from pixdeploy.runtime.sampling import check_sampling, sample
 
@@ -27,19 +27,44 @@ from pixdeploy.sequence import collect_until_stop, image_prompt
 
 
 class Pipeline:
-    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", device: str = "auto",
-                 variant: str = DEFAULT_VARIANT, **backend_options):
-        # backend_options: e.g. allow_host_code=True for version-compatible TensorRT engines (an explicit opt-in)
+    """A bundle variant's two runners plus the tokenizer and word-embedding table. ``close()`` (or ``with``)
+    frees the runners."""
+
+    def __init__(self, bundle: Bundle, encoder: Runner, decoder: Runner, variant: str = DEFAULT_VARIANT):
         self.bundle, self.cfg, self.tokenizer = bundle, bundle.config, bundle.tokenizer
         self.variant = variant  # fp32, fp16, int8-tensorrt, int8-cpu: graphs of one precision
-        self.encoder = make_runner(backend, bundle.graph_path("image_encoder", variant), device, **backend_options)
-        self.decoder = make_runner(backend, bundle.graph_path("decoder", variant), device, **backend_options)
+        self.encoder, self.decoder = encoder, decoder
         self.text_embeddings = bundle.text_embeddings()
+        self.cache = bundle.cache_pairs()  # the decoder's KV contract, as the export recorded it
+
+    @classmethod
+    def from_runners(cls, bundle: Bundle, encoder: Runner, decoder: Runner,
+                     variant: str = DEFAULT_VARIANT) -> Pipeline:
+        """A pipeline over runners made elsewhere (Triton BLS calls, a recording runner for calibration)."""
+        return cls(bundle, encoder, decoder, variant)
+
+    @classmethod
+    def open(cls, bundle: Bundle, backend: str = "onnxruntime", device: str = "auto",
+             variant: str = DEFAULT_VARIANT, **backend_options) -> Pipeline:
+        """A pipeline on a `Bundle` already read. backend_options: e.g. allow_host_code=True for
+        version-compatible TensorRT engines, plugins=[...] for engines with plugin layers (explicit opt-ins)."""
+        encoder, decoder = open_runners(bundle, backend, variant, device, **backend_options)
+        return cls(bundle, encoder, decoder, variant)
 
     @classmethod
     def load(cls, path, backend: str = "onnxruntime", device: str = "auto", variant: str = DEFAULT_VARIANT,
              **backend_options) -> Pipeline:
-        return cls(Bundle(path), backend, device, variant, **backend_options)
+        return cls.open(Bundle(path), backend, device, variant, **backend_options)
+
+    def close(self) -> None:
+        for runner in (self.encoder, self.decoder):
+            runner.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- images ----
 
@@ -55,7 +80,11 @@ class Pipeline:
         sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
         if len(sizes) != len(images) or (sizes < 1).any() or (sizes > S).any():
             raise PixdeployError(f"sizes must be {len(images)} (h, w) pairs within 1..{S}")
-        return self.encoder.infer({"images": images, "sizes": sizes})["window_embeddings"]
+        out = self.encoder.infer({"images": images, "sizes": sizes})["window_embeddings"]
+        if not np.isfinite(out).all():
+            raise PixdeployError(f"the image encoder of variant {self.variant} of {self.bundle.path} produced NaN "
+                                 "or infinite embeddings")
+        return out
 
     def embed(self, images: Sequence) -> np.ndarray:
         """One embedding per pixel window: (N, windows, dim) float32."""
@@ -67,15 +96,21 @@ class Pipeline:
         return image_prompt(self.cfg.n_windows, self.tokenizer.encode(prompt) if prompt else ())
 
     def empty_cache(self, batch: int) -> dict:
-        shape = (batch, self.cfg.n_kv_heads, self.cfg.max_seq_len, self.cfg.head_dim)
-        zeros = np.zeros(shape, np.float32)
-        return {f"past_{kv}_{i}": zeros for i in range(self.cfg.n_layers) for kv in "kv"}
+        """Zeros for every cache input, of the dtype and shape the bundle records (symbolic dim: ``batch``)."""
+        zeros = {}
+        for pair in self.cache:
+            shape = tuple(batch if isinstance(d, str) else d for d in pair.shape)
+            zeros[pair.past] = np.zeros(shape, NP_TYPES[pair.dtype])
+        return zeros
 
     def _step(self, embeds: np.ndarray, start: int, cache: dict) -> tuple[np.ndarray, dict]:
         pos = np.arange(start, start + embeds.shape[1], dtype=np.int64)
         out = self.decoder.infer({"embeds": embeds.astype(np.float32), "input_pos": pos, **cache})
-        new_cache = {k.replace("present_", "past_"): v for k, v in out.items() if k.startswith("present_")}
-        return out["logits"], new_cache
+        logits = out["logits"]
+        if not np.isfinite(logits).all():
+            raise PixdeployError(f"the decoder of variant {self.variant} of {self.bundle.path} produced NaN or "
+                                 "infinite logits")
+        return logits, {pair.past: out[pair.present] for pair in self.cache}
 
     def prefill(self, window_embeddings: np.ndarray, ids: list[int]) -> tuple[np.ndarray, dict]:
         """Whole prompt for N images at once -> last-position logits (N, vocab) and the cache."""

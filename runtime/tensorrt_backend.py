@@ -2,12 +2,13 @@
 onnxruntime. No torch: TensorRT's Python bindings, and Polygraphy's ctypes CUDA runtime wrapper for memory,
 streams and CUDA graphs.
 
-- The engine for a graph is found in ``bundle/engines/<gpu>-trt<version>/`` by the sha256 of the ONNX
-  it was built from; its header is checked (GPU, TensorRT version, length, checksum) before TensorRT
-  deserializes anything. Version-compatible engines embed host code: they load only with
-  ``allow_host_code=True`` (the user's opt-in), never by default.
+- The engine set is the one `pixdeploy.runtime.bundle.select_engine_set` picks for the variant, this GPU
+  and this TensorRT; each file is checksummed and its header checked (GPU, TensorRT version, length,
+  checksum) before TensorRT deserializes anything. Version-compatible engines embed host code: they load
+  only with ``allow_host_code=True`` (the user's opt-in), never by default. Plugin libraries are loaded
+  only from paths the user passes (``plugins=``), never from the bundle.
 - Device buffers are allocated once, at each tensor's largest shape over the engine's profiles.
-- Outputs named ``present_*`` (the KV cache) stay on the GPU as `DeviceTensor`s; fed back as ``past_*``
+- The KV-cache outputs the bundle records (``keep``) stay on the GPU as `DeviceTensor`s; fed back as the cache inputs
   they are bound by address, with no host round trip. Two buffer sets alternate, since TensorRT does not
   let a step read and write one buffer.
 - The single-token decode profile (static shapes) is captured as a CUDA graph per (batch, buffer set)
@@ -19,14 +20,15 @@ Not yet executed on TensorRT: no machine this project runs on has TensorRT and a
 from __future__ import annotations
 
 import ctypes
-import json
 from pathlib import Path
 
 import numpy as np
-from pixdeploy.runtime.engine_header import EngineError, check_runs_here, engine_dir_name, read_engine, read_header
+from pixdeploy.runtime.backends import Runner
+from pixdeploy.runtime.bundle import select_engine_set
+from pixdeploy.runtime.engine_header import EngineError, check_runs_here, read_engine
 
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import sha256
+from pixdeploy.text import printable
 
 _CAPTURE_MODE_THREAD_LOCAL = 1  # cudaStreamCaptureModeThreadLocal
 
@@ -44,22 +46,41 @@ def _trt():
     return tensorrt, cuda
 
 
-def find_engine(onnx_path: Path, trt_version: str, gpu: str) -> Path:
-    """The engine built from exactly this ONNX file for this GPU and TensorRT, or one line saying what to run."""
-    bundle = onnx_path.parent
-    folder = bundle / "engines" / engine_dir_name(gpu, trt_version)
-    if not folder.is_dir():
-        built = sorted(p.name for p in (bundle / "engines").iterdir() if p.is_dir()) \
-            if (bundle / "engines").is_dir() else []
-        raise PixdeployError(f"{bundle} has no engines for {gpu} with TensorRT {trt_version}"
-                             + (f" (it has: {', '.join(built)})" if built else "")
-                             + f"; build them here with: pixdeploy build-engine {bundle}")
-    want = sha256(onnx_path)
-    for engine in sorted(folder.glob("*.engine")):
-        if read_header(engine)["source_sha256"] == want:
-            return engine
-    raise PixdeployError(f"no engine in {folder} was built from {onnx_path.name} as it is now; rebuild with: "
-                         f"pixdeploy build-engine {bundle} --force")
+def open_engines(bundle, variant: str, device: str, keep: frozenset, *, allow_host_code: bool = False,
+                 plugins: tuple = ()) -> tuple[TensorRTRunner, TensorRTRunner]:
+    """(image encoder, decoder) runners of the engine set `select_engine_set` picks for this GPU and TensorRT.
+
+    ``plugins``: plugin libraries the user names (never ones a bundle names: loading a library runs its
+    code). An engine set built with plugins is refused without them, before TensorRT reads a plan."""
+    if device == "cpu":
+        raise PixdeployError("the tensorrt backend runs on a GPU; use backend='onnxruntime' for device='cpu'")
+    trt, _ = _trt()
+    from pixdeploy.runtime.cuda_device import current_gpu
+
+    _, cc = current_gpu()
+    chosen = select_engine_set(bundle, variant, tensorrt=trt.__version__, compute_capability=cc,
+                               allow_version_compatible=allow_host_code)
+    if chosen.plugins and not plugins:
+        raise EngineError(f"engine set {chosen.name} of {bundle.path} was built with plugin libraries "
+                          f"({printable(', '.join(chosen.plugins))}); pass them: Pipeline.load(..., "
+                          "plugins=['/path/libplugin.so']) or --plugins")
+    load_plugins(plugins)
+    files = bundle.engine_files(chosen)
+    return (TensorRTRunner(files["image_encoder"], allow_host_code=allow_host_code),
+            TensorRTRunner(files["decoder"], allow_host_code=allow_host_code, keep=keep))
+
+
+def load_plugins(libraries) -> None:
+    """Load plugin libraries the user named, so their creators are registered before a plan is deserialized
+    (self-registering libraries, as `build-engine --plugins` loads them)."""
+    for lib in libraries:
+        path = Path(lib)
+        if not path.is_file():
+            raise PixdeployError(f"plugin library {lib} does not exist")
+        try:
+            ctypes.CDLL(str(path.resolve()))
+        except OSError as e:
+            raise PixdeployError(f"cannot load plugin library {lib}: {e}") from None
 
 
 class DeviceTensor:
@@ -85,16 +106,13 @@ class DeviceTensor:
         return arr if dtype is None else arr.astype(dtype)
 
 
-class TensorRTRunner:
-    def __init__(self, onnx_path, device: str = "cuda", allow_host_code: bool = False,
-                 keep_on_device=lambda name: name.startswith("present_")):
-        if device == "cpu":
-            raise PixdeployError("the tensorrt backend runs on a GPU; use backend='onnxruntime' for device='cpu'")
+class TensorRTRunner(Runner):
+    def __init__(self, engine_path, allow_host_code: bool = False, keep=frozenset()):
         trt, cuda = _trt()
         from pixdeploy.runtime.cuda_device import current_gpu
 
-        gpu, cc = current_gpu()
-        self.path = find_engine(Path(onnx_path), trt.__version__, gpu)
+        _, cc = current_gpu()
+        self.path = Path(engine_path)
         header, plan = read_engine(self.path)
         check_runs_here(header, self.path, trt.__version__, cc)
         self.header, self.trt, self.cuda = header, trt, cuda
@@ -118,7 +136,7 @@ class TensorRTRunner:
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.profiles = [p["name"] for p in header["profiles"]]
         self.inputs = {n: (self.dtypes[n].type, tuple(self.engine.get_tensor_shape(n))) for n in self.input_names}
-        self.keep = {n for n in self.output_names if keep_on_device(n)}
+        self.keep = frozenset(n for n in self.output_names if n in keep)
         self._allocate()
         self._profile = None
         self._flip = 0
@@ -149,10 +167,15 @@ class TensorRTRunner:
         self._profile = index
 
     def close(self) -> None:
+        """Free the device buffers and CUDA graphs; the context and engine go before the runtime."""
         free = self.cuda.wrapper().free
         for ptr in [*self.buffers.values(), *self.spare.values()]:
             free(ptr)
         self.buffers, self.spare = {}, {}
+        for exe in filter(None, self._graphs.values()):
+            self.cuda.wrapper().handle.cudaGraphExecDestroy(exe)
+        self._graphs = {}
+        self.context = self.engine = None
 
     # ---- one call ----
 
@@ -170,11 +193,7 @@ class TensorRTRunner:
         lo, _, hi = self.engine.get_tensor_profile_shape(name, index)
         return len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi))
 
-    def infer(self, feed: dict) -> dict:
-        missing, extra = set(self.input_names) - set(feed), set(feed) - set(self.input_names)
-        if missing or extra:
-            raise PixdeployError(f"feed does not match the engine: missing {sorted(missing)}, "
-                                 f"unexpected {sorted(extra)}")
+    def infer_impl(self, feed: dict) -> dict:
         wrapper, kinds = self.cuda.wrapper(), self.cuda.MemcpyKind
         index = self._pick_profile(feed)
         if index != self._profile:
@@ -183,13 +202,9 @@ class TensorRTRunner:
         for name in self.input_names:
             value = feed[name]
             if isinstance(value, DeviceTensor):  # the previous step's KV cache: bind it where it lies
-                if value.dtype != self.dtypes[name]:
-                    raise PixdeployError(f"input {name}: expected {self.dtypes[name]}, got {value.dtype}")
                 ptr, shape = value.ptr, value.shape
             else:
                 arr = np.ascontiguousarray(value)
-                if arr.dtype != self.dtypes[name]:
-                    raise PixdeployError(f"input {name}: expected {self.dtypes[name]}, got {arr.dtype} {arr.shape}")
                 ptr, shape = self.buffers[name], arr.shape
                 wrapper.memcpy(ptr, arr.ctypes.data, arr.nbytes, kinds.HostToDevice, self.stream.ptr)
             self.context.set_input_shape(name, shape)
@@ -255,21 +270,3 @@ class TensorRTRunner:
             raise PixdeployError(f"CUDA error {status} in {what}")
 
 
-def describe_engines(bundle_path: Path) -> list[str]:
-    """One line per engine folder of a bundle (for `inspect`): where, for what, and plugin vs function body."""
-    root = Path(bundle_path) / "engines"
-    lines = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        try:
-            index = json.loads((folder / "engines.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            lines.append(f"engines/{folder.name}: not a pixdeploy engine folder")
-            continue
-        lines.append(f"engines/{folder.name}: TensorRT {index.get('tensorrt')} on {index.get('gpu')} "
-                     f"(sm {index.get('compute_capability')}), variant {index.get('variant')}, "
-                     f"export target {index.get('export_profile')}")
-        for entry in index.get("engines", {}).values():
-            plugins = entry.get("plugin_layers") or []
-            lines.append(f"    {entry.get('file')}: custom ops ran as "
-                         + (f"plugins ({', '.join(plugins)})" if plugins else "their function bodies"))
-    return lines

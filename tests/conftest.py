@@ -53,3 +53,41 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     bundle, result = export_bundle(tiny_checkpoint, out, echo=lambda *_: None)
     return bundle.path
+
+
+def write_test_engine_set(bundle_path, *, gpu: str, tensorrt: str, cc: str, variant: str = "fp32", max_batch: int = 4,
+                          version_compatible: bool = False, plugins: tuple = ()) -> str:
+    """An engine set as `build-engine` records it, with headers written here: real pixdeploy engine files whose
+    plan bytes are a marker, not a TensorRT plan (no TensorRT here). Selection, checksums, Triton configs and
+    every refusal before TensorRT deserializes read exactly these."""
+    import json
+    from pathlib import Path
+
+    from pixdeploy.export.engine import ENGINE_SET, ENGINE_SET_FORMAT, derive_profiles
+    from pixdeploy.export.profiles import bundle_profile
+    from pixdeploy.runtime.bundle import ENGINES_DIR, GRAPHS, Bundle, EngineSet, add_engine_set, engine_set_name
+    from pixdeploy.runtime.engine_header import gpu_slug, write_engine
+
+    from pixdeploy.files import sha256
+
+    b = Bundle(bundle_path)
+    name = engine_set_name(gpu_slug(gpu), tensorrt, variant)
+    folder = Path(bundle_path) / ENGINES_DIR / name
+    folder.mkdir(parents=True)
+    record = EngineSet(name, variant, tensorrt, gpu, cc, bundle_profile(b.manifest).name, max_batch,
+                       version_compatible, tuple(plugins), {g: f"{ENGINES_DIR}/{name}/{g}.engine" for g in GRAPHS})
+    for g in GRAPHS:
+        profiles = derive_profiles(g, b.graphs[g], b.config, max_batch)
+        header = {"tensorrt": tensorrt, "gpu": gpu, "compute_capability": cc, "graph": g, "variant": variant,
+                  "precision": b.variant(variant)["precision"], "profiles": [p.to_dict() for p in profiles],
+                  "max_batch": max_batch, "source_sha256": sha256(b.graph_path(g, variant)), "producer": "test",
+                  "version_compatible": version_compatible, "plugins": list(plugins), "plugin_layers": []}
+        write_engine(folder / f"{g}.engine", header, f"plan of {g} {variant} for {gpu} {tensorrt}".encode())
+    (folder / ENGINE_SET).write_text(json.dumps({"format": ENGINE_SET_FORMAT, **record.to_dict()}))
+    add_engine_set(bundle_path, record, folder)
+    return name
+
+
+@pytest.fixture
+def engine_set_writer():
+    return write_test_engine_set

@@ -26,6 +26,7 @@ sys.path[:] = [p for p in sys.path if p not in _base_path] + _base_path
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
+from pixdeploy.runtime.backends import Runner, declared_inputs  # noqa: E402
 from pixdeploy.runtime.bundle import Bundle, BundleError  # noqa: E402
 from pixdeploy.runtime.pipeline import Pipeline  # noqa: E402
 
@@ -37,30 +38,40 @@ from pixdeploy.sequence import collect_until_stop  # noqa: E402
 MAX_NEW_TOKENS_LIMIT = 4096  # a bound on one request's work; the context length bounds it further
 
 
-class BlsRunner:
-    """`runner.infer(feed)` for the runtime's Pipeline, answered by another model of this server."""
+class BlsRunner(Runner):
+    """The runtime's runner contract (feed checked against the manifest's signature), answered by another
+    model of this server."""
 
-    def __init__(self, model: str, outputs: list):
-        self.model, self.outputs = model, outputs
+    def __init__(self, model: str, signature: dict, keep=frozenset()):
+        self.model, self.inputs = model, declared_inputs(signature)
+        self.output_names, self.keep = list(signature["outputs"]), frozenset(keep)
 
-    def infer(self, feed: dict) -> dict:
+    def infer_impl(self, feed: dict) -> dict:
         inputs = [pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in feed.items()]
-        response = pb_utils.InferenceRequest(model_name=self.model, requested_output_names=self.outputs,
-                                             inputs=inputs).exec()
+        # Outputs in CPU memory: a KIND_GPU model (onnxruntime, TensorRT) otherwise hands back GPU tensors,
+        # which as_numpy() refuses. Copying the cache through the host costs a round trip per step; keeping it
+        # on the GPU (DLPack) would need a device array library in the loop, which the torch-free runtime has not.
+        kwargs = {"preferred_memory": pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)} \
+            if hasattr(pb_utils, "PreferredMemory") else {}
+        response = pb_utils.InferenceRequest(model_name=self.model, requested_output_names=self.output_names,
+                                             inputs=inputs, **kwargs).exec()
         if response.has_error():
             raise PixdeployError(f"{self.model}: {response.error().message()}")
-        # Copied: the arrays otherwise view shared memory that is released with the response.
-        return {n: np.array(pb_utils.get_output_tensor_by_name(response, n).as_numpy()) for n in self.outputs}
+        out = {}
+        for n in self.output_names:
+            tensor = pb_utils.get_output_tensor_by_name(response, n)
+            if not tensor.is_cpu():
+                raise PixdeployError(f"{self.model}: output {n} arrived in GPU memory; this Triton's Python "
+                                     "backend cannot be asked for CPU outputs (needs 23.08 or later)")
+            out[n] = np.array(tensor.as_numpy())  # copied: the array views memory released with the response
+        return out
 
 
-class BlsPipeline(Pipeline):
-    """The runtime's Pipeline with its two graph runners replaced by BLS calls."""
-
-    def __init__(self, bundle: Bundle):  # no super().__init__: it would open local onnxruntime sessions
-        self.bundle, self.cfg, self.tokenizer = bundle, bundle.config, bundle.tokenizer
-        self.encoder = BlsRunner("image_encoder", list(bundle.graphs["image_encoder"]["outputs"]))
-        self.decoder = BlsRunner("decoder", list(bundle.graphs["decoder"]["outputs"]))
-        self.text_embeddings = bundle.text_embeddings()
+def bls_pipeline(bundle: Bundle) -> Pipeline:
+    """The runtime's Pipeline over BLS calls to this repository's two graph models."""
+    keep = {p.present for p in bundle.cache_pairs()}
+    return Pipeline.from_runners(bundle, BlsRunner("image_encoder", bundle.graphs["image_encoder"]),
+                                 BlsRunner("decoder", bundle.graphs["decoder"], keep))
 
 
 def load_loop_bundle(path: Path) -> Bundle:
@@ -125,7 +136,7 @@ class TritonPythonModel:
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.batched = config.get("max_batch_size", 0) > 0
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.pipe = BlsPipeline(load_loop_bundle(folder / config["parameters"]["bundle"]["string_value"]))
+        self.pipe = bls_pipeline(load_loop_bundle(folder / config["parameters"]["bundle"]["string_value"]))
 
     def execute(self, requests):
         if self.decoupled:

@@ -21,7 +21,7 @@ sys.path[:] = [p for p in sys.path if p not in _base_path] + _base_path
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
-from pixdeploy.runtime.backends import make_runner  # noqa: E402
+from pixdeploy.runtime.backends import OnnxRuntimeRunner  # noqa: E402
 
 from pixdeploy.errors import PixdeployError  # noqa: E402
 
@@ -34,7 +34,7 @@ class TritonPythonModel:
         self.outputs = [o["name"] for o in config["output"]]
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         device = "cpu" if args.get("model_instance_kind") == "CPU" else "auto"
-        self.runner = make_runner("onnxruntime", path, device)
+        self.runner = OnnxRuntimeRunner.open(path, device)
 
     def execute(self, requests):
         feeds = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs} for r in requests]

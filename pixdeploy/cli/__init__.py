@@ -14,6 +14,7 @@ import click
 
 from pixdeploy import __version__
 from pixdeploy.errors import PixdeployError
+from pixdeploy.text import printable  # noqa: F401 -- the CLI's one way to print artifact text
 
 # Optional heavy dependencies and the extra that installs each (a runtime-only install has none).
 EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "onnxruntime": "onnx", "sklearn": "train"}
@@ -44,12 +45,6 @@ class Group(click.Group):
             where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
             click.secho(printable(f"error: {e.format_message()}{where}"), fg="red", err=True)
             sys.exit(e.exit_code)
-
-
-def printable(text: str) -> str:
-    """Text safe to print: a file name that is not valid UTF-8 reaches Python as surrogate escapes,
-    which a UTF-8 stream refuses; its undecodable bytes are shown as U+FFFD instead."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @click.group(cls=Group)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from pixdeploy.cli import main
+from pixdeploy.text import printable
 
 
 def describe_custom_ops(path: Path) -> list[str]:
@@ -36,30 +36,16 @@ def tensor_type(v) -> str:
 
 
 def load_graphs(bundle) -> str:
-    """Load both graphs as `Pipeline.load` does (onnxruntime, CPU); one line saying what was checked."""
+    """Load every variant's graphs as `Pipeline.load` does (onnxruntime, CPU); one line saying what was checked."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return 'graphs: checksums verified; not loaded (pip install "pixdeploy[onnx]" to check that they load)'
     from pixdeploy.runtime import Pipeline
 
-    Pipeline(bundle, device="cpu")
-    return "graphs: verified and loaded (onnxruntime, CPU)"
-
-
-def read_parity(bundle) -> dict | None:
-    """parity.json as the exporter wrote it; a damaged one is a damaged bundle, not a traceback."""
-    from pixdeploy.runtime.bundle import BundleError
-
-    path = bundle.file("parity.json")
-    if not path.is_file():
-        return None
-    try:
-        parity = json.loads(path.read_text(encoding="utf-8"))
-        checks = [(str(c["name"]), float(c["value"])) for c in parity["checks"]]
-        return {"precision": str(parity["precision"]), "passed": parity["passed"] is True, "checks": checks}
-    except (ValueError, KeyError, TypeError) as e:
-        raise BundleError(f"damaged bundle {bundle.path}: parity.json unreadable ({e!r})") from None
+    for variant in bundle.variants:
+        Pipeline.open(bundle, device="cpu", variant=variant).close()
+    return "graphs: verified and loaded (onnxruntime, CPU" + (", every variant)" if len(bundle.variants) > 1 else ")")
 
 
 def export_profile(bundle):
@@ -81,35 +67,36 @@ def inspect(bundle):
 
     b = Bundle(bundle)  # the verification every loader runs: refused here exactly when generate/embed refuse
     graphs_loaded = load_graphs(b)  # ...and the graphs load, before a line of the report is printed
-    parity = read_parity(b)
+    parity = b.parity_record()
     profile = export_profile(b)
     m = b.manifest
     cfg = b.config
-    click.echo(f"{b.path}: {m['format']} v{m['format_version']}, {m.get('producer', '?')}, "
-               f"precision {m.get('precision', '?')}")
+    click.echo(printable(f"{b.path}: {m['format']} v{b.format_version}, {b.producer}"))
     click.echo(f"model: dim {cfg.dim}, {cfg.image_layers} image + {cfg.n_layers} decoder layers, "
                f"image {cfg.image_size} window {cfg.window} fold {cfg.fold} ({cfg.n_colors} colours), "
                f"text vocab {cfg.text_vocab}, context {cfg.max_seq_len}")
     onnx_info = m.get("onnx") if isinstance(m.get("onnx"), dict) else {}  # descriptive only: never trusted
-    click.echo(f"onnx: opset {onnx_info.get('opset', '?')}, IR {onnx_info.get('ir_version', '?')}")
+    click.echo(printable(f"onnx: opset {onnx_info.get('opset', '?')}, IR {onnx_info.get('ir_version', '?')}"))
     click.echo(f"export target: {profile.name} ({profile.suits})")
     for name, g in b.graphs.items():
         size = b.graph_path(name).stat().st_size
-        click.echo(f"  {g['file']} ({size / 1e6:.1f} MB): {g.get('purpose', '?')}")
+        click.echo(printable(f"  {b.variant()['graphs'][name]['file']} ({size / 1e6:.1f} MB): "
+                             f"{g.get('purpose', '?')}"))
+        cache = {n for p in b.cache_pairs() for n in (p.past, p.present)} if name == "decoder" else set()
         for kind in ("inputs", "outputs"):
             tensors = g.get(kind) if isinstance(g.get(kind), dict) else {}
-            cache = [k for k in tensors if k.startswith(("past_", "present_"))]
+            kv = [k for k in tensors if k in cache]
             sig = [f"{k} {tensor_type(v)}" for k, v in tensors.items() if k not in cache]
-            if cache:
-                sig.append(f"{len(cache)} KV-cache tensors {tensor_type(tensors[cache[0]])}")
-            click.echo(f"    {kind}: {', '.join(sig)}")
+            if kv:
+                sig.append(f"{len(kv)} KV-cache tensors {tensor_type(tensors[kv[0]])}")
+            click.echo(printable(f"    {kind}: {', '.join(sig)}"))
         for line in describe_custom_ops(b.graph_path(name)):
             click.echo(f"    {line}")
     click.echo(graphs_loaded)
-    from pixdeploy.runtime.tensorrt_backend import describe_engines
-
-    for line in describe_engines(b.path):  # TensorRT engines built into the bundle, if any
-        click.echo(line)
+    for engine_set in b.engine_sets():  # TensorRT engines built into the bundle, if any
+        click.echo(f"engines/{engine_set.describe()}")
+    if b.format_version == 1:
+        click.echo("bundle format 1: engines built for it are not used; rebuild them with `pixdeploy build-engine`")
     if parity:
         click.echo(f"parity ({parity['precision']}): {'passed' if parity['passed'] else 'FAILED'}")
         for name, value in parity["checks"]:
@@ -118,20 +105,28 @@ def inspect(bundle):
         click.echo(line)
 
 
+def _figure(value) -> str:
+    """A parity figure from the manifest (untrusted: anything but a number is shown as '?')."""
+    if value is None:
+        return "-"
+    return f"{value:.6g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+
+
 def describe_variants(b, fp32_parity: dict | None) -> list[str]:
     """The variants side by side: precision, target, size, and what their parity gate measured."""
     variants = b.variants
     if len(variants) == 1:
         return []
     checks = sorted({k for v in variants.values() for k in ((v.get("parity") or {}).get("checks") or {})})
-    rows = [["variant", "precision", "target", "MB", *checks]]
+    rows = [["variant", "precision", "target", "MB", *map(printable, checks)]]
     for name, v in variants.items():
         size = sum(b.graph_path(g, name).stat().st_size for g in v["graphs"]) / 1e6
         measured = (v.get("parity") or {}).get("checks") or {}
         if name == "fp32" and not measured and fp32_parity:  # fp32 records its checks in parity.json
             measured = dict(fp32_parity["checks"])
-        rows.append([name, v.get("precision", "?"), v.get("target", "?"), f"{size:.1f}",
-                     *(f"{measured[k]:.6g}" if k in measured else "-" for k in checks)])
+        rows.append([printable(str(x)) for x in (name, v.get("precision", "?"), v.get("target", "?"))]
+                    + [f"{size:.1f}",
+                       *(_figure(measured.get(k)) for k in checks)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["variants:"] + ["    " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
 

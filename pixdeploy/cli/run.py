@@ -18,9 +18,25 @@ def variant_option(f):
 
 
 def runtime_options(f):
+    """--variant, --device, --backend, and the TensorRT backend's two opt-ins, passed to `Pipeline.load`."""
     f = variant_option(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
-    return click.option("--backend", default="onnxruntime", show_default=True)(f)
+    f = click.option("--plugins", "plugins", multiple=True, type=click.Path(path_type=Path),
+                     help="TensorRT: plugin library the engines were built with (repeatable; never taken from "
+                     "the bundle).")(f)
+    f = click.option("--allow-host-code", is_flag=True,
+                     help="TensorRT: allow version-compatible engines, which embed host code (trust their source).")(f)
+    return click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
+                        show_default=True)(f)
+
+
+def backend_options(backend: str, allow_host_code: bool, plugins: tuple) -> dict:
+    """The opt-ins `Pipeline.load` takes for ``backend`` (TensorRT's only: refused for onnxruntime)."""
+    if backend != "tensorrt":
+        if allow_host_code or plugins:
+            raise PixdeployError("--allow-host-code and --plugins are for --backend tensorrt")
+        return {}
+    return {"allow_host_code": allow_host_code, "plugins": tuple(plugins)}
 
 
 @main.command()
@@ -37,15 +53,16 @@ def runtime_options(f):
               help="Images decoded together.")
 @runtime_options
 def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, batch_size, backend,
-             device, variant):
+             allow_host_code, plugins, device, variant):
     """Generate text for each image with the torch-free runtime."""
     from pixdeploy.runtime import Pipeline
 
-    pipe = Pipeline.load(bundle, backend=backend, device=device, variant=variant)
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    paths = image_list(images, read=stream)  # streamed output starts at once: a bad image must fail first
-    with warnings_as_lines():
-        _generate(pipe, paths, prompt, kw, stream, batch_size)
+    with Pipeline.load(bundle, backend=backend, device=device, variant=variant,
+                       **backend_options(backend, allow_host_code, plugins)) as pipe:
+        paths = image_list(images, read=stream)  # streamed output starts at once: a bad image must fail first
+        with warnings_as_lines():
+            _generate(pipe, paths, prompt, kw, stream, batch_size)
 
 
 @contextmanager
@@ -67,15 +84,15 @@ def warnings_as_lines():
 def _generate(pipe, paths, prompt, kw, stream, batch_size):
     if stream:
         for p in paths:
-            click.echo(printable(f"{p}\t"), nl=False)
+            click.echo(printable(str(p)) + "\t", nl=False)
             for piece in pipe.stream(p, prompt, **kw):
-                click.echo(piece, nl=False)
+                click.echo(printable(piece), nl=False)
             click.echo()
     else:
         for i in range(0, len(paths), batch_size):
             chunk = paths[i : i + batch_size]
             for p, text in zip(chunk, pipe.generate_batch(chunk, prompt, **kw)):
-                click.echo(printable(f"{p}\t{text}"))
+                click.echo(printable(str(p)) + "\t" + printable(text))
 
 
 @main.command()
@@ -83,18 +100,21 @@ def _generate(pipe, paths, prompt, kw, stream, batch_size):
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help=".npy or .safetensors file.")
 @runtime_options
-def embed(bundle, images, out, backend, device, variant):
+def embed(bundle, images, out, backend, allow_host_code, plugins, device, variant):
     """Window embeddings (images, windows, dim) of images, saved to .npy or .safetensors."""
     import numpy as np
 
-    from pixdeploy.files import check_file_target, staged_file
+    from pixdeploy.files import check_file_target, check_not_inside, staged_file
     from pixdeploy.runtime import Pipeline
 
     if out.suffix not in (".npy", ".safetensors"):
         raise PixdeployError(f"--out must end in .npy or .safetensors, got {out.name}")
     check_file_target(out)  # before the work, not after it
+    check_not_inside(out, bundle)  # the embeddings must not land on the bundle they come from
     paths = image_list(images)
-    vectors = Pipeline.load(bundle, backend=backend, device=device, variant=variant).embed(paths)
+    with Pipeline.load(bundle, backend=backend, device=device, variant=variant,
+                       **backend_options(backend, allow_host_code, plugins)) as pipe:
+        vectors = pipe.embed(paths)
     with staged_file(out, echo=click.echo) as tmp:
         if out.suffix == ".npy":
             with open(tmp, "wb") as f:

@@ -20,19 +20,24 @@ from pixdeploy.errors import PixdeployError
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "python"]), default="onnxruntime",
               show_default=True, help="What runs the graphs: Triton's onnxruntime or TensorRT backend, or "
               "onnxruntime inside Python-backend models (CPU-only Triton).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Largest dynamic batch of the encoder and of pixdeploy_generate.")
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--max-batch", type=click.IntRange(1, 1 << 16), default=None,
+              help="Largest dynamic batch of the encoder and of pixdeploy_generate (default 8; with --backend "
+              "tensorrt, the engines' own).")
+@click.option("--instances", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Model instances of each model (GPU instances for onnxruntime/tensorrt).")
+@click.option("--variant", default="fp32", show_default=True,
+              help="Precision variant whose graphs or engines to serve.")
+@click.option("--engines", default=None,
+              help="With --backend tensorrt: the engine set (folder under engines/) when the variant has several.")
 @click.option("--force", is_flag=True, help="Replace an existing repository written by pixdeploy.")
-def triton(bundle, out, backend, max_batch, instances, force):
+def triton(bundle, out, backend, max_batch, instances, variant, engines, force):
     """Write a Triton model repository for a bundle."""
     from pixdeploy.export.triton import write_repository
 
-    write_repository(bundle, out, backend=backend, max_batch=max_batch, instances=instances, force=force,
-                     echo=lambda m: click.echo(m, err=True))
+    write_repository(bundle, out, backend=backend, max_batch=max_batch, instances=instances, variant=variant,
+                     engines=engines, force=force, echo=lambda m: click.echo(m, err=True))
     click.echo(f"{out}: Triton model repository (image_encoder, decoder, pixdeploy [streaming], "
-               f"pixdeploy_generate), backend {backend}")
+               f"pixdeploy_generate), backend {backend}, variant {variant}")
 
 
 def _finite(value: float, name: str) -> float:

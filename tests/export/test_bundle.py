@@ -25,7 +25,7 @@ def test_bundle_contents_and_custom_ops(tiny_bundle):
     dec = onnx.load(str(tiny_bundle / "decoder.onnx"))
     onnx.checker.check_model(dec, full_check=True)
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["parity"]["passed"]
+    assert manifest["format_version"] == 2 and manifest["parity"]["passed"]
     assert set(manifest["files"]) == set(names) - {"manifest.json"}
     assert manifest["graphs"]["image_encoder"]["inputs"]["images"]["shape"] == ["images", 32, 32, 3]
 

@@ -14,7 +14,6 @@ from pixdeploy.export.engine import (
     gating_problems,
     polygraphy_config,
     preflight,
-    variant_graph,
 )
 from pixdeploy.export.trt_support import BUILDER_FLAGS, TACTIC_SOURCES
 from pixdeploy.runtime import Bundle
@@ -134,9 +133,9 @@ def test_refusals_before_tensorrt(tiny_bundle, tmp_path):
 
 def test_variant_resolution(tiny_bundle):
     b = Bundle(tiny_bundle)
-    assert variant_graph(b, "decoder", "fp32") == b.graph_path("decoder")
+    assert b.graph_path("decoder", "fp32") == b.path / "decoder.onnx"
     with pytest.raises(PixdeployError, match="no variant 'int8-tensorrt'; it has: fp32"):
-        variant_graph(b, "decoder", "int8-tensorrt")
+        b.graph_path("decoder", "int8-tensorrt")
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the message shown where TensorRT is missing")
@@ -173,19 +172,20 @@ def test_engines_answer_as_onnxruntime(tiny_checkpoint, tmp_path):
     target = profile_for_tensorrt(tensorrt.__version__).name
     bundle, _ = export_bundle(tiny_checkpoint, tmp_path / "b", target=target, echo=lambda *_: None)
     folder = build_engines(bundle.path, max_batch=4, echo=lambda *_: None)
-    assert (folder / "decoder.engine").is_file() and "engines" in Bundle(bundle.path).manifest
+    assert (folder / "decoder.engine").is_file() and Bundle(bundle.path).engine_sets()
     result = check_parity(Checkpoint(tiny_checkpoint).load_model(), Pipeline.load(bundle.path, backend="tensorrt"),
                           default_parity_images()[:4], steps=8)
     assert result, result.table()
 
 
-def test_engine_folder_is_listed_in_the_manifest_and_the_bundle_still_verifies(tiny_bundle, tmp_path):
-    from pixdeploy.export.engine import is_engine_dir, record_in_manifest
+def test_engine_folder_is_listed_in_the_manifest_and_the_bundle_still_verifies(tiny_bundle, tmp_path,
+                                                                              engine_set_writer):
+    from pixdeploy.export.engine import is_engine_dir
 
     b = bundle_with_profile(tiny_bundle, tmp_path / "b", "tensorrt-10.3")
-    index = {"tensorrt": "10.3.0.30", "gpu": "Orin", "compute_capability": "8.7", "variant": "fp32",
-             "export_profile": "tensorrt-10.3"}
-    record_in_manifest(b, "orin-trt10.3.0.30", index)
+    name = engine_set_writer(b.path, gpu="Orin", tensorrt="10.3.0.30", cc="8.7", variant="fp32")
     again = Bundle(b.path)  # checksums of the graphs still verify
-    assert again.manifest["engines"]["orin-trt10.3.0.30"]["tensorrt"] == "10.3.0.30"
+    assert again.manifest["engines"][name]["tensorrt"] == "10.3.0.30"
+    assert f"engines/{name}/decoder.engine" in again.manifest["files"]
     assert not is_engine_dir(b.path)  # --force never replaces a folder that is not an engine folder
+    assert is_engine_dir(b.path / "engines" / name)

@@ -73,8 +73,9 @@ def variant_pipeline(bundle_path: Path, name: str, checkpoint: Path):
     """The bundle's graphs in variant ``name``, made as `pixdeploy quantize` makes them but without its
     parity gate: a seeded, untrained model's greedy choices include near-ties that fp16 or int8 rounding
     flips, which the gate rightly refuses; the goldens hold the graphs' numbers, not their answers."""
-    from pixdeploy.export.quantize import GRAPHS, VARIANTS, VARIANTS_DIR, bundle_seeing, make_fp16, make_int8
+    from pixdeploy.export.quantize import VARIANTS, make_fp16, make_int8
     from pixdeploy.runtime import Bundle
+    from pixdeploy.runtime.bundle import GRAPHS, VARIANTS_DIR, StagedVariant
     from pixdeploy.runtime.pipeline import Pipeline
 
     from pixdeploy.checkpoint import Checkpoint
@@ -87,9 +88,9 @@ def variant_pipeline(bundle_path: Path, name: str, checkpoint: Path):
             make_fp16(Checkpoint(checkpoint).load_model(), folder, bundle.manifest)
         else:
             make_int8(bundle, VARIANTS[("int8", "cpu")], folder, None)
-    entry = {"precision": name.split("-")[0], "graphs": {g: bundle.manifest["graphs"][g] for g in GRAPHS}}
-    staged = bundle_seeing(bundle, name, entry, folder)
-    return Pipeline(staged, device="cpu", variant=name)
+    entry = {"precision": name.split("-")[0], "graphs": {g: {"file": f"{g}.onnx"} for g in GRAPHS}}
+    staged = StagedVariant(bundle, name, folder, folder).view(entry)
+    return Pipeline.open(staged, device="cpu", variant=name)
 
 
 def golden_pipeline(bundle_path: Path, checkpoint: Path, variant: str):

@@ -3,16 +3,14 @@ code path as CUDA) keeps the KV cache as onnxruntime values between steps and an
 runner; the TensorRT backend refuses clearly when TensorRT or engines are missing."""
 
 import importlib.util
-import json
 import shutil
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from pixdeploy.runtime import Pipeline
-from pixdeploy.runtime.backends import OnnxRuntimeRunner
+from pixdeploy.runtime import Bundle, Pipeline
+from pixdeploy.runtime.backends import open_session
 from pixdeploy.runtime.ort_gpu import OnnxRuntimeBoundRunner, tensorrt_provider
-from pixdeploy.runtime.tensorrt_backend import describe_engines, find_engine
 
 from pixdeploy.errors import PixdeployError
 
@@ -20,7 +18,8 @@ from pixdeploy.errors import PixdeployError
 def test_io_binding_keeps_the_cache_as_device_values_and_answers_the_same(tiny_bundle, photo):
     plain = Pipeline.load(tiny_bundle, device="cpu")
     bound = Pipeline.load(tiny_bundle, device="cpu")
-    bound.decoder = OnnxRuntimeBoundRunner.from_runner(OnnxRuntimeRunner(bound.bundle.graph_path("decoder"), "cpu"))
+    keep = {p.present for p in bound.bundle.cache_pairs()}  # as the bundle records them
+    bound.decoder = OnnxRuntimeBoundRunner(open_session(bound.bundle.graph_path("decoder"), "cpu"), keep)
     emb = plain.embed([photo])
     ids = plain.prompt_ids()
     logits, cache = bound.prefill(emb, ids)
@@ -53,15 +52,14 @@ def test_tensorrt_backend_without_tensorrt_says_how_to_get_it(tiny_bundle):
         Pipeline.load(tiny_bundle, backend="tensorrt")
 
 
-def test_missing_engines_name_the_command_to_run(tiny_bundle, tmp_path):
+def test_missing_engines_name_the_command_to_run(tiny_bundle, tmp_path, engine_set_writer):
+    from pixdeploy.runtime.bundle import select_engine_set
+
     b = tmp_path / "b"
     shutil.copytree(tiny_bundle, b)
-    with pytest.raises(PixdeployError, match=f"no engines for Orin with TensorRT 10.3.0.30; .*build-engine {b}"):
-        find_engine(b / "decoder.onnx", "10.3.0.30", "Orin")
-    other = b / "engines" / "nvidia-h100-trt10.15.1.29"
-    other.mkdir(parents=True)
-    (other / "engines.json").write_text(json.dumps({"tensorrt": "10.15.1.29", "gpu": "NVIDIA H100", "engines": {
-        "decoder": {"file": "decoder.engine", "plugin_layers": []}}}))
-    with pytest.raises(PixdeployError, match="it has: nvidia-h100-trt10.15.1.29"):
-        find_engine(b / "decoder.onnx", "10.3.0.30", "Orin")
-    assert "custom ops ran as their function bodies" in "\n".join(describe_engines(b))
+    with pytest.raises(PixdeployError, match=f"no engines for variant fp32, TensorRT 10.3.0.30.*build-engine {b} "
+                                             "--variant fp32"):
+        select_engine_set(Bundle(b), "fp32", tensorrt="10.3.0.30", compute_capability="8.7")
+    name = engine_set_writer(b, gpu="NVIDIA H100", tensorrt="10.15.1.29", cc="9.0")
+    with pytest.raises(PixdeployError, match=f"it has: {name}: variant fp32, TensorRT 10.15.1.29 on NVIDIA H100"):
+        select_engine_set(Bundle(b), "fp32", tensorrt="10.3.0.30", compute_capability="8.7")

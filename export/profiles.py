@@ -57,12 +57,6 @@ def get_profile(name: str) -> ExportProfile:
     return PROFILES[name]
 
 
-def bundle_profile(manifest: dict) -> ExportProfile:
-    """The profile a bundle was exported with (bundles written before profiles existed: onnxruntime)."""
-    name = (manifest.get("export_profile") or {}).get("name", DEFAULT_PROFILE)
-    return get_profile(name)
-
-
 def profile_for_tensorrt(trt_version: str) -> ExportProfile:
     """The profile to export for a TensorRT version: fused operators where its parser has them."""
     if version_tuple(trt_version)[:2] >= version_tuple(PROFILES["tensorrt-10.15"].tensorrt_min):

@@ -141,13 +141,12 @@ def mark_fp32_islands(proto: onnx.ModelProto) -> None:
             node.attribute.extend(kept + [onnx.helper.make_attribute(attr, onnx.TensorProto.FLOAT)])
 
 
-def make_fp16(model, out: Path, manifest: dict) -> dict:
+def make_fp16(model, out: Path, profile) -> dict:
+    """``profile``: the export target of the bundle's fp32 graphs, whose operator set the fp16 graphs keep."""
     from pixdeploy.export.onnx_export import export_graph
-    from pixdeploy.export.profiles import bundle_profile
 
     half = half_model(model)
     wrappers = _fp16_wrappers()
-    profile = bundle_profile(manifest)  # the operator set the bundle's fp32 graphs were exported for
     for spec in graph_specs(model.cfg):
         path = out / f"{spec.name}.onnx"
         proto = export_graph(half, spec, path, profile, wrapper=wrappers[spec.name](half).eval())
@@ -251,7 +250,7 @@ def source_model(bundle: Bundle, checkpoint):
     """The PyTorch model the bundle was exported from (or ``checkpoint``), refused when it is another model."""
     from pixdeploy.checkpoint import Checkpoint
 
-    checkpoint = checkpoint or (bundle.manifest.get("source") or {}).get("checkpoint")
+    checkpoint = checkpoint or bundle.source_checkpoint
     if not checkpoint:
         raise PixdeployError(f"bundle {bundle.path} does not name its checkpoint; pass --checkpoint")
     ck = Checkpoint(checkpoint)
@@ -268,11 +267,9 @@ def make_graphs(bundle: Bundle, variant: Variant, model, out: Path, images: list
                  if variant.name == "int8-tensorrt" else None)
         detail = make_int8(bundle, variant, out, cache)
     else:
-        detail = make_fp16(model, out, bundle.manifest)
-    from pixdeploy.export.profiles import bundle_profile
-
+        detail = make_fp16(model, out, bundle.export_profile)
     for g in GRAPHS:  # every variant keeps its bundle's target: the same opset and IR as the fp32 graphs
-        pin_ir_version(out / f"{g}.onnx", bundle_profile(bundle.manifest).ir_version)
+        pin_ir_version(out / f"{g}.onnx", bundle.export_profile.ir_version)
     check_fits_target(bundle, variant, out)
     return detail
 
@@ -281,11 +278,10 @@ def check_fits_target(bundle: Bundle, variant: Variant, out: Path) -> None:
     """A variant of a TensorRT-target bundle must fit the same operator table as its fp32 graphs (int8-cpu is for
     onnxruntime on a CPU: its integer matmuls are not TensorRT's to parse)."""
     from pixdeploy.export.bundle import check_fits_tensorrt
-    from pixdeploy.export.profiles import bundle_profile
 
     if variant.target == "cpu":
         return
-    profile = bundle_profile(bundle.manifest)
+    profile = bundle.export_profile
     for g in GRAPHS:
         check_fits_tensorrt(onnx.load(str(out / f"{g}.onnx")), f"{variant.name} {g}", profile)
 

@@ -220,6 +220,30 @@ class Bundle:
     def producer(self) -> str:
         return printable(str(self.manifest.get("producer", "?")))
 
+    @property
+    def export_profile(self):
+        """The export target the graphs were written for (`pixdeploy.export.profiles`; torch-free)."""
+        from pixdeploy.export.profiles import DEFAULT_PROFILE, get_profile
+
+        recorded = self.manifest.get("export_profile") or {}
+        name = recorded.get("name", DEFAULT_PROFILE) if isinstance(recorded, dict) else None
+        if not isinstance(name, str):
+            raise BundleError(f"damaged bundle {self.path}: manifest.json export_profile is malformed")
+        return get_profile(name)
+
+    @property
+    def source_checkpoint(self) -> str | None:
+        """The checkpoint the bundle was exported from, as the export recorded it (a path on that machine)."""
+        source = self.manifest.get("source")
+        checkpoint = source.get("checkpoint") if isinstance(source, dict) else None
+        return checkpoint if isinstance(checkpoint, str) and checkpoint else None
+
+    @property
+    def onnx_info(self) -> str:
+        """'opset N, IR M' as recorded (descriptive: the graphs themselves are what runs)."""
+        info = self.manifest.get("onnx") if isinstance(self.manifest.get("onnx"), dict) else {}
+        return printable(f"opset {info.get('opset', '?')}, IR {info.get('ir_version', '?')}")
+
     # -- files --
 
     @property

@@ -27,12 +27,11 @@ sys.path[:] = [p for p in sys.path if p not in _base_path] + _base_path
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 from pixdeploy.runtime.backends import Runner, declared_inputs  # noqa: E402
-from pixdeploy.runtime.bundle import Bundle, BundleError  # noqa: E402
+from pixdeploy.runtime.bundle import Bundle  # noqa: E402
 from pixdeploy.runtime.pipeline import Pipeline  # noqa: E402
 
 from pixdeploy.config import EOS_ID  # noqa: E402
 from pixdeploy.errors import PixdeployError  # noqa: E402
-from pixdeploy.files import sha256  # noqa: E402
 from pixdeploy.sequence import collect_until_stop  # noqa: E402
 
 MAX_NEW_TOKENS_LIMIT = 4096  # a bound on one request's work; the context length bounds it further
@@ -75,12 +74,10 @@ def bls_pipeline(bundle: Bundle) -> Pipeline:
 
 
 def load_loop_bundle(path: Path) -> Bundle:
-    """The bundle files the loop needs (the graphs live in their own models), checked against the manifest."""
+    """The bundle files the loop needs (the graphs live in their own models): read unverified, as the graphs
+    are not here; the tokenizer and word-embedding table are still read only through their checksums."""
     bundle = Bundle(path, verify=False)
-    files = bundle.manifest.get("files", {})
-    for f in sorted(p.name for p in path.iterdir() if p.name != "manifest.json"):
-        if f not in files or sha256(path / f) != files[f].get("sha256"):
-            raise BundleError(f"damaged repository: {path / f} does not match the bundle manifest")
+    bundle.text_embeddings(), bundle.tokenizer  # noqa: B018 -- checked now, not at the first request
     return bundle
 
 

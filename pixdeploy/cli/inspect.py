@@ -48,17 +48,6 @@ def load_graphs(bundle) -> str:
     return "graphs: verified and loaded (onnxruntime, CPU" + (", every variant)" if len(bundle.variants) > 1 else ")")
 
 
-def export_profile(bundle):
-    """The export target the manifest records (which runtimes can parse the graphs)."""
-    from pixdeploy.export.profiles import bundle_profile
-    from pixdeploy.runtime.bundle import BundleError
-
-    try:
-        return bundle_profile(bundle.manifest)
-    except (AttributeError, TypeError):  # a manifest edited by hand: one line, not a traceback
-        raise BundleError(f"damaged bundle {bundle.path}: manifest.json export_profile is malformed") from None
-
-
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 def inspect(bundle):
@@ -68,15 +57,13 @@ def inspect(bundle):
     b = Bundle(bundle)  # the verification every loader runs: refused here exactly when generate/embed refuse
     graphs_loaded = load_graphs(b)  # ...and the graphs load, before a line of the report is printed
     parity = b.parity_record()
-    profile = export_profile(b)
-    m = b.manifest
+    profile = b.export_profile
     cfg = b.config
-    click.echo(printable(f"{b.path}: {m['format']} v{b.format_version}, {b.producer}"))
+    click.echo(printable(f"{b.path}: pixdeploy bundle format {b.format_version}, {b.producer}"))
     click.echo(f"model: dim {cfg.dim}, {cfg.image_layers} image + {cfg.n_layers} decoder layers, "
                f"image {cfg.image_size} window {cfg.window} fold {cfg.fold} ({cfg.n_colors} colours), "
                f"text vocab {cfg.text_vocab}, context {cfg.max_seq_len}")
-    onnx_info = m.get("onnx") if isinstance(m.get("onnx"), dict) else {}  # descriptive only: never trusted
-    click.echo(printable(f"onnx: opset {onnx_info.get('opset', '?')}, IR {onnx_info.get('ir_version', '?')}"))
+    click.echo(f"onnx: {b.onnx_info}")
     click.echo(f"export target: {profile.name} ({profile.suits})")
     for name, g in b.graphs.items():
         size = b.graph_path(name).stat().st_size

@@ -85,7 +85,7 @@ def variant_pipeline(bundle_path: Path, name: str, checkpoint: Path):
     if not folder.is_dir():
         folder.mkdir(parents=True)
         if name == "fp16":
-            make_fp16(Checkpoint(checkpoint).load_model(), folder, bundle.manifest)
+            make_fp16(Checkpoint(checkpoint).load_model(), folder, bundle.export_profile)
         else:
             make_int8(bundle, VARIANTS[("int8", "cpu")], folder, None)
     entry = {"precision": name.split("-")[0], "graphs": {g: {"file": f"{g}.onnx"} for g in GRAPHS}}

@@ -1,0 +1,82 @@
+"""The torch-free layers import no torch and no training or export code, read from the source (the behavioural
+tests with ``sys.modules["torch"] = None`` complement this: they run one path, this reads every import).
+
+Lazy imports inside a function are allowed only where listed here, each for an opt-in that needs more than the
+runtime (the user asked for it by an option)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"pixdeploy.runtime": ROOT / "runtime", "pixdeploy.export": ROOT / "export", "pixdeploy": ROOT / "pixdeploy"}
+FORBIDDEN = ("torch", "pixdeploy.export", "pixdeploy.training", "pixdeploy.model", "pixdeploy.generation",
+             "pixdeploy.checkpoint", "pixdeploy.data", "pixdeploy.demo", "onnxscript")
+# (module, imported) -> why a function of a torch-free module may import it when called
+LAZY_ALLOWED = {
+    ("pixdeploy.runtime.bench", "pixdeploy.eager_baseline"): "bench --baseline: PyTorch eager, the [train] extra",
+    ("pixdeploy.folding", "torch"): "fold_torch and letterbox_torch, the training twins the runtime never calls",
+}
+TORCH_FREE_ROOTS = ("pixdeploy.runtime", "pixdeploy.runtime.pipeline", "pixdeploy.runtime.bundle",
+                    "pixdeploy.runtime.backends", "pixdeploy.runtime.tensorrt_backend", "pixdeploy.runtime.ort_gpu",
+                    "pixdeploy.runtime.bench", "pixdeploy.runtime.serve", "pixdeploy.runtime.engine_header")
+
+
+def source(module: str) -> Path | None:
+    for prefix, folder in sorted(PACKAGES.items(), key=lambda kv: -len(kv[0])):
+        if module == prefix or module.startswith(prefix + "."):
+            rest = module[len(prefix):].lstrip(".").split(".") if module != prefix else []
+            base = folder.joinpath(*rest)
+            for path in (base.with_suffix(".py") if rest else None, base / "__init__.py"):
+                if path is not None and path.is_file():
+                    return path
+    return None
+
+
+def imports(path: Path) -> tuple[set[str], set[str]]:
+    """(module-level imports, imports inside functions) of a file."""
+    top, lazy = set(), set()
+    tree = ast.parse(path.read_text())
+
+    def visit(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            names = []
+            if isinstance(child, ast.Import):
+                names = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                names = [child.module] + [f"{child.module}.{a.name}" for a in child.names]
+            (lazy if nested else top).update(names)
+            visit(child, nested)
+
+    visit(tree, False)
+    return top, lazy
+
+
+def forbidden(name: str) -> bool:
+    return any(name == f or name.startswith(f + ".") for f in FORBIDDEN)
+
+
+def test_the_runtime_and_its_core_import_no_torch_nor_training_or_export_code():
+    seen, todo, problems = set(), list(TORCH_FREE_ROOTS), []
+    while todo:
+        module = todo.pop()
+        path = source(module)
+        if module in seen or path is None:
+            continue
+        seen.add(module)
+        top, lazy = imports(path)
+        problems += [f"{module} imports {n} at module level" for n in top if forbidden(n)]
+        problems += [f"{module} imports {n} in a function" for n in lazy
+                     if forbidden(n) and (module, n) not in LAZY_ALLOWED
+                     and not any((module, n.rsplit(".", 1)[0]) == k for k in LAZY_ALLOWED)]
+        todo += [n for n in top | lazy if n.startswith("pixdeploy") and not forbidden(n)
+                 and (module, n) not in LAZY_ALLOWED]
+    assert {"pixdeploy.runtime.bundle", "pixdeploy.config", "pixdeploy.folding", "pixdeploy.tokenizer"} <= seen
+    assert not problems, "\n".join(sorted(problems))
+
+
+def test_the_check_sees_a_forbidden_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import numpy\n\ndef f():\n    from pixdeploy.training import train\n")
+    top, lazy = imports(bad)
+    assert not any(map(forbidden, top)) and any(map(forbidden, lazy))

@@ -22,7 +22,7 @@ from pixdeploy.runtime.pipeline import Pipeline
 from pixdeploy import __version__
 from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import check_replaceable, staged_dir
+from pixdeploy.files import check_not_inside, check_replaceable, staged_dir
 
 
 def write_manifest(path: Path, cfg, extra: dict) -> None:
@@ -53,6 +53,7 @@ def export_bundle(checkpoint, out, images: list | None = None, force: bool = Fal
     profile = get_profile(target)
     ck = Checkpoint(checkpoint)
     out = Path(out)
+    check_not_inside(out, ck.path)  # a resumed run replaces its checkpoint folder, bundle and all
     check_replaceable(out, replace=force, what="pixdeploy bundle", is_replaceable=is_bundle_dir)
     model = ck.load_model()
     cfg = ck.config

@@ -25,6 +25,7 @@ from pixdeploy.export.quiet import quiet_exporter
 from torch import nn
 
 import pixdeploy.model as model_module
+from pixdeploy.errors import PixdeployError
 from pixdeploy.model import PixTokenLM
 
 OPSET = 23  # the fused Attention operator, used by WindowAttention's body
@@ -90,19 +91,33 @@ class DecoderStep(nn.Module):
         return (self.model.logits(h[:, -1]), *[t for kv in cache for t in kv])
 
 
-@contextlib.contextmanager
-def custom_ops():
-    """Export-time patch: the model's fold and window attention emit pixdeploy:: nodes."""
-    saved = model_module.fold_torch, model_module.window_attention
-    model_module.fold_torch, model_module.window_attention = color_fold_export, window_attention_export
+# Export-time patches, one table: the model function each custom op replaces while exporting, so the graph
+# carries a pixdeploy:: node where the model computes the op in PyTorch. Each target is checked before any is
+# patched: a renamed function in pixdeploy/model.py makes export refuse in one line instead of silently
+# exporting the plain PyTorch ops.
+PATCHES = (
+    (model_module, "fold_torch", color_fold_export),
+    (model_module, "window_attention", window_attention_export),
     # The pruned last image layer's one-query-per-window attention (see PixTokenLM.encode_images).
-    saved_summary = model_module.window_summary_attention
-    model_module.window_summary_attention = window_summary_attention_export
+    (model_module, "window_summary_attention", window_summary_attention_export),
+)
+
+
+@contextlib.contextmanager
+def custom_ops(patches=PATCHES):
+    """Export-time patch: the model's fold and window attention emit pixdeploy:: nodes."""
+    missing = [f"{module.__name__}.{name}" for module, name, _ in patches if not callable(getattr(module, name, None))]
+    if missing:
+        raise PixdeployError(f"export cannot substitute the custom ops: {', '.join(missing)} no longer exists "
+                             "(update PATCHES in pixdeploy/export/onnx_export.py)")
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
     try:
+        for module, name, replacement in patches:
+            setattr(module, name, replacement)
         yield
     finally:
-        model_module.fold_torch, model_module.window_attention = saved
-        model_module.window_summary_attention = saved_summary
+        for module, name, original in saved:
+            setattr(module, name, original)
 
 
 def example_inputs(spec: GraphSpec, cfg) -> tuple:

@@ -49,7 +49,7 @@ from pixdeploy.export.parity import ParityError, check_parity, default_parity_im
 from pixdeploy.runtime.bundle import GRAPHS, Bundle, adding_variant
 
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import sha256
+from pixdeploy.files import check_not_inside, sha256
 
 WEIGHT_OPS = ("MatMul", "Gemm")  # the matrix multiplies: linear layers and the output head
 
@@ -302,6 +302,8 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ch
     if variant.name in bundle.variants and not force:
         raise PixdeployError(f"bundle {bundle.path} already has variant {variant.name}; pass --force to replace it")
     ck = source_model(bundle, checkpoint)
+    if calib_cache is not None and not _cache_hit(calib_cache):
+        check_not_inside(Path(calib_cache), bundle.path)  # written: never into the bundle being changed
     calibrated = variant.name == "int8-tensorrt"  # int8-cpu measures activation ranges per call
     images = calibration_images(calib, calib_count) if calibrated and not _cache_hit(calib_cache) else []
     model = ck.load_model()

@@ -137,6 +137,26 @@ def locked_dir(path: Path, echo: Callable[[str], None] | None = None) -> Iterato
         os.close(fd)  # releases the lock
 
 
+@contextmanager
+def try_lock(path: Path, busy: str) -> Iterator[None]:
+    """`locked_dir` that refuses instead of waiting: raises PixdeployError(``busy``) when another process
+    holds the lock on folder ``path`` (for work too long to wait for, such as a training run)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no concurrent-writer protection
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PixdeployError(busy) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def replace_dir(new: Path, final: Path, backup: Path | None = None) -> None:
     """Swap a fully written directory into place with renames. A crash between them leaves the old
     version whole at ``backup`` (`clean_stale` and loaders look there); the backup is removed once the swap is done."""

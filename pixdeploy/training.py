@@ -232,6 +232,68 @@ def build_tokenizer(examples: list[Example], tc: TrainConfig) -> Tokenizer:
     return Tokenizer.train(texts, tc.vocab_size) if texts else Tokenizer.image_only()
 
 
+@dataclass
+class RunPlan:
+    """What `prepare` decided before any model exists: the data split, the tokenizer and config, and the
+    checkpoint a resumed run continues (with its optimizer tensors and state)."""
+
+    out: Path
+    cfg: ModelConfig
+    tok: Tokenizer
+    train_ex: list
+    eval_ex: list
+    dataset: object
+    ckpt: Checkpoint | None = None
+    resume_tensors: dict | None = None
+    resume_state: dict | None = None
+
+
+def prepare(data, out: Path, existing: Path | None, cfg: ModelConfig, tc: TrainConfig, *, resume: bool, eval_data,
+            image_root, data_kind: str, allow_outside_root: bool) -> RunPlan:
+    """Data, hold-out split, tokenizer and config (or those of the checkpoint ``existing``, when resuming):
+    every refusal comes here, before a model, a progress bar or a file exists."""
+    data_kw = dict(kind=data_kind, allow_outside_root=allow_outside_root)
+    dataset = load_data(data, image_root, **data_kw)
+    require_readable(dataset.examples, cfg.image_size, data)
+    if eval_data is not None:
+        eval_set = load_data(eval_data, image_root, **data_kw)
+        train_ex, eval_ex = dataset.examples, eval_set.examples
+        dataset.skipped += eval_set.skipped
+    else:
+        train_ex, eval_ex = holdout_split(dataset.examples, tc.eval_percent)
+    if not resume:
+        tok = build_tokenizer(train_ex, tc)
+        return RunPlan(out, cfg.replace(text_vocab=tok.vocab_size), tok, train_ex, eval_ex, dataset)
+    ckpt = Checkpoint(existing)
+    tensors, state = ckpt.train_state()  # refuses a weights-only checkpoint before any work
+    if cfg.replace(text_vocab=ckpt.config.text_vocab) != ckpt.config:
+        raise CheckpointError(f"checkpoint {ckpt.path} was trained with another model config; "
+                              "resume with the same --preset")
+    return RunPlan(out, ckpt.config, ckpt.tokenizer, train_ex, eval_ex, dataset, ckpt, tensors, state)
+
+
+def configure_optimizer(model, tc: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (nanoGPT's configure_optimizers)."""
+    decay = [p for _, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for _, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tc.lr, betas=(0.9, 0.95), fused=device.type == "cuda",
+    )
+
+
+def restore(plan: RunPlan, model, opt, scaler) -> int:
+    """A resumed run's weights, optimizer, loss scaler and RNG; returns the step it continues from."""
+    if plan.ckpt is None:
+        return 0
+    model.load_state_dict(plan.ckpt.model_state())
+    optimizer_from_flat(opt, plan.resume_tensors, plan.resume_state)
+    if "scaler" in plan.resume_state:
+        scaler.load_state_dict(plan.resume_state["scaler"])
+    torch.set_rng_state(plan.resume_tensors["rng.cpu"])
+    return plan.ckpt.step
+
+
 def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, *, resume: bool = False,
           eval_data: str | Path | None = None, image_root: str | Path | None = None,
           data_kind: str = "auto", allow_outside_root: bool = False,
@@ -240,55 +302,51 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
     after every optimizer step (tests use it to interrupt a run); ``echo`` receives what the user
     should know before training starts (how the data was read, temporaries removed).
     ``model_factory(cfg)`` builds the model: a `PixTokenLM` subclass with another image encoder trains
-    through the same loop."""
+    through the same loop. One process trains in a run folder at a time (a second is refused)."""
     out = Path(out)
+    if str(out) in ("", "."):
+        raise PixdeployError("--out must name a run folder ('' or '.' would write into the current folder)")
     d = setup_dist()
     existing = check_run_dir(out, resume, echo if d.main else None)
     d.barrier()  # every rank has seen the folder as it was before rank 0 writes into it
-    data_kw = dict(kind=data_kind, allow_outside_root=allow_outside_root)
-    dataset = load_data(data, image_root, **data_kw)
-    examples = dataset.examples
-    require_readable(examples, cfg.image_size, data)
-    if eval_data is not None:
-        eval_set = load_data(eval_data, image_root, **data_kw)
-        train_ex, eval_ex = examples, eval_set.examples
-        dataset.skipped += eval_set.skipped
-    else:
-        train_ex, eval_ex = holdout_split(examples, tc.eval_percent)
+    with run_lock(out, d):
+        plan = prepare(data, out, existing, cfg, tc, resume=resume, eval_data=eval_data, image_root=image_root,
+                       data_kind=data_kind, allow_outside_root=allow_outside_root)
+        if plan.ckpt is not None and plan.ckpt.step >= tc.steps:
+            return complete_run_summary(plan.ckpt, out, d, tc, model_factory)
+        return loop(plan, tc, d, progress=progress, on_step=on_step, echo=echo, model_factory=model_factory)
 
-    ckpt = None
-    if resume:
-        ckpt = Checkpoint(existing)
-        tensors, state = ckpt.train_state()  # refuses a weights-only checkpoint before any work
-        tok = ckpt.tokenizer
-        if cfg.replace(text_vocab=ckpt.config.text_vocab) != ckpt.config:
-            raise CheckpointError(f"checkpoint {ckpt.path} was trained with another model config; "
-                                  "resume with the same --preset")
-        cfg = ckpt.config
-        if ckpt.step >= tc.steps:
-            return complete_run_summary(ckpt, out, d, tc, model_factory)
-    else:
-        tok = build_tokenizer(train_ex, tc)
-        cfg = cfg.replace(text_vocab=tok.vocab_size)
 
+@contextlib.contextmanager
+def run_lock(out: Path, d: Dist):
+    """Rank 0 holds a lock on the run folder for the whole run: a second `train` on the same folder (two
+    --resume, or two new runs) is refused in one line instead of both writing checkpoints and metrics. A
+    folder made here and still empty when the run ends early is removed."""
+    if not d.main:
+        yield
+        return
+    from pixdeploy.files import try_lock
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with try_lock(out, f"another pixdeploy process is training in {out}; wait for it to finish (or stop it) "
+                      "before starting another run there"):
+            yield
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def loop(plan: RunPlan, tc: TrainConfig, d: Dist, *, progress: bool, on_step, echo, model_factory) -> dict:
+    """The training loop in nanoGPT's order: lr -> micro-steps -> clip -> step -> log -> eval -> checkpoint."""
+    out, cfg, tok = plan.out, plan.cfg, plan.tok
     torch.manual_seed(tc.seed)
     model = model_factory(cfg).to(d.device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=tc.lr, betas=(0.9, 0.95), fused=d.device.type == "cuda",
-    )
+    opt = configure_optimizer(model, tc, d.device)
     amp_dtype = resolve_precision(tc.precision, d.device)
     scaler = torch.amp.GradScaler(d.device.type, enabled=amp_dtype == torch.float16)
-    step = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt.model_state())
-        optimizer_from_flat(opt, tensors, state)
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(tensors["rng.cpu"])
-        step = ckpt.step
+    step = restore(plan, model, opt, scaler)
 
     ddp_model = model
     if d.world > 1:
@@ -309,16 +367,13 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
         state["train_config"] = dataclasses.asdict(tc)
         save_checkpoint(out, model.state_dict(), cfg, tok, step_done, tensors, state)
 
-    skipped: list[str] = list(dataset.skipped)
-    batches = batch_stream(train_ex, tok, cfg, tc, d, start=step * tc.grad_accum)
+    skipped: list[str] = list(plan.dataset.skipped)
+    batches = batch_stream(plan.train_ex, tok, cfg, tc, d, start=step * tc.grad_accum)
     if echo and d.main:  # once every check passed: an error stays the only line
-        echo(f"data: {dataset.reading}")
+        echo(f"data: {plan.dataset.reading}")
     metrics_path = out / "metrics.jsonl"
-    created = not out.exists()
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if ckpt is not None:
-            drop_metrics_after(metrics_path, step)
+    if d.main and plan.ckpt is not None:
+        drop_metrics_after(metrics_path, step)
 
     def log(record: dict):
         if d.main:
@@ -368,8 +423,8 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
                 bar.update(1)
-            if (step % tc.eval_every == 0 or step == tc.steps) and eval_ex:
-                last.update(evaluate(model, eval_ex, tok, cfg, tc, d, autocast))
+            if (step % tc.eval_every == 0 or step == tc.steps) and plan.eval_ex:
+                last.update(evaluate(model, plan.eval_ex, tok, cfg, tc, d, autocast))
                 log({"step": step, **{k: v for k, v in last.items() if k.startswith("eval_")}})
             if step % tc.ckpt_every == 0 or step == tc.steps:
                 save(step)
@@ -379,8 +434,6 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
     except BaseException:
         if bar is not None:  # end the bar's line so the error is printed on a line of its own
             bar.close()
-        if created and d.main and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # a run that failed before writing anything leaves no empty folder behind
         raise
 
     if bar is not None:

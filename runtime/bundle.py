@@ -253,10 +253,10 @@ class Bundle:
     def checked(self, name: str) -> Path:
         """The path of a file the manifest lists, once it is inside the bundle, a plain file, and matches
         its checksum (hashed once per Bundle). The only way a file of a bundle is opened."""
+        path = inside(self.path, name)
         info = self.files.get(name)
         if not isinstance(info, dict):
             raise BundleError(f"damaged bundle {self.path}: {printable(str(name))} is not among the checksummed files")
-        path = inside(self.path, name)
         if name not in self._checked:
             try:
                 mode = os.lstat(path).st_mode

@@ -113,3 +113,32 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, demo_fi
     assert not list((tmp_path / "cut").glob(".checkpoint.tmp-*"))
     records = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [10, 20, 30, 40]  # none logged twice
+
+
+def test_a_second_run_in_the_same_folder_is_refused_while_one_trains(tmp_path, demo_files, tiny_cfg):
+    """Two `train --resume` on one run would both write checkpoints and metrics: the second is refused."""
+    from pixdeploy.errors import PixdeployError
+
+    train_txt, eval_txt = demo_files
+    run = tmp_path / "run"
+    refused = []
+
+    def second_run(step):
+        if step == 5:  # a checkpoint exists (step 4): a resume passes every check but the lock
+            with pytest.raises(PixdeployError, match=f"another pixdeploy process is training in {run}") as e:
+                train(train_txt, run, tiny_cfg, TC, eval_data=eval_txt, progress=False, resume=True)
+            refused.append(str(e.value))
+
+    summary = train(train_txt, run, tiny_cfg, TC, eval_data=eval_txt, progress=False, on_step=second_run)
+    assert refused and summary["step"] == 8
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == list(range(1, 9))  # one run's rows, none twice
+
+
+def test_an_empty_out_is_refused(demo_files, tiny_cfg, tmp_path, monkeypatch):
+    from pixdeploy.errors import PixdeployError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PixdeployError, match="--out must name a run folder"):
+        train(demo_files[0], "", tiny_cfg, TC, progress=False)
+    assert list(tmp_path.iterdir()) == []

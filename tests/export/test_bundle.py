@@ -129,3 +129,18 @@ def test_graph_dims_carry_the_manifest_names(tiny_bundle):
     enc = onnx.load(str(tiny_bundle / "image_encoder.onnx"))
     dims = [d.dim_param or d.dim_value for d in enc.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["images", 32, 32, 3]
+
+
+def test_export_patches_are_checked_before_any_is_applied(monkeypatch):
+    """A renamed model function makes export refuse in one line, and nothing stays patched."""
+    from pixdeploy.export.onnx_export import PATCHES, custom_ops
+
+    import pixdeploy.model as model_module
+
+    originals = {name: getattr(module, name) for module, name, _ in PATCHES}
+    monkeypatch.delattr(model_module, "window_summary_attention")
+    with pytest.raises(PixdeployError, match="pixdeploy.model.window_summary_attention no longer exists"):
+        with custom_ops():
+            pass
+    assert model_module.fold_torch is originals["fold_torch"]
+    assert model_module.window_attention is originals["window_attention"]

@@ -252,10 +252,13 @@ def test_graph_files_outside_the_bundle_are_refused(tiny_bundle, tmp_path):
     shutil.copytree(tiny_bundle, copy)
     m = json.loads((copy / "manifest.json").read_text())
     m["variants"]["int8-cpu"] = {"precision": "int8", "target": "cpu",
-                                 "graphs": {"decoder": {"file": "../../etc/passwd"}}}
+                                 "graphs": {"image_encoder": {"file": "image_encoder.onnx"},
+                                            "decoder": {"file": "../../etc/passwd"}}}
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="outside the bundle"):
-        Bundle(copy).graph_path("decoder", "int8-cpu")
+        Bundle(copy)  # every variant's graphs are checked when the bundle is read
+    with pytest.raises(BundleError, match="outside the bundle"):
+        Bundle(copy, verify=False).graph_path("decoder", "int8-cpu")
 
 
 def test_calibration_images_are_spread_and_counted(tmp_path, digit_images):

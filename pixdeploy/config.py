@@ -66,6 +66,15 @@ class ModelConfig:
         """Unified output head: word tokens first, then colour tokens."""
         return self.text_vocab + self.n_colors
 
+    def estimated_bytes(self) -> int:
+        """fp32 weights plus one sequence's KV cache: what loading the model and running it once allocates."""
+        kv = self.n_kv_heads * self.head_dim
+        block = 2 * self.dim * self.dim + 2 * self.dim * kv + 3 * self.dim * self.mlp_hidden
+        weights = ((self.n_colors + 1) * self.dim + self.text_vocab * self.dim + self.dim * self.vocab_out
+                   + (self.n_layers + self.image_layers) * block)
+        cache = 2 * self.n_layers * kv * self.max_seq_len
+        return 4 * (weights + cache)
+
     def validate(self) -> ModelConfig:
         problems = []
         for field in dataclasses.fields(self):
@@ -77,8 +86,14 @@ class ModelConfig:
                 problems.append(f"{field.name} must be a finite number, got {value!r}")
             if field.type in ("bool", bool) and not isinstance(value, bool):
                 problems.append(f"{field.name} must be true or false, got {value!r}")
+        problems += [f"{name} must be at most {limit}, got {getattr(self, name)}" for name, limit in LIMITS.items()
+                     if isinstance(getattr(self, name), int) and getattr(self, name) > limit]
         if problems:
             raise ConfigError("invalid model config: " + "; ".join(problems))
+        if self.estimated_bytes() > MAX_MODEL_BYTES:
+            raise ConfigError(f"invalid model config: its weights and one sequence's KV cache need "
+                              f"{self.estimated_bytes() / 2**30:.0f} GiB; at most {MAX_MODEL_BYTES >> 30} GiB is "
+                              "supported")
         if self.fold & (self.fold - 1) or not 1 <= self.fold <= 256:
             problems.append(f"fold must be a power of two in 1..256, got {self.fold}")
         elif self.fold == 1:
@@ -123,6 +138,14 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
         return cls(**data).validate()
+
+
+# Documented ranges, checked before anything is allocated: a config read from a checkpoint or bundle is untrusted,
+# and a size past these is a damaged or hostile file, not a model (the paper's model is 768 / 12 / 1024).
+LIMITS = {"dim": 16384, "n_heads": 256, "n_kv_heads": 256, "n_layers": 512, "image_layers": 256,
+          "mlp_hidden": 131072, "image_size": 4096, "window": 512, "max_seq_len": 1 << 20,
+          "text_vocab": 1 << 21}
+MAX_MODEL_BYTES = 64 << 30  # fp32 weights + one sequence's KV cache
 
 
 PRESETS: dict[str, ModelConfig] = {

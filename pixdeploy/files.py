@@ -157,11 +157,21 @@ def try_lock(path: Path, busy: str) -> Iterator[None]:
         os.close(fd)
 
 
-def replace_dir(new: Path, final: Path, backup: Path | None = None) -> None:
+def replace_dir(new: Path, final: Path, backup: Path | None = None, replace: bool = True) -> None:
     """Swap a fully written directory into place with renames. A crash between them leaves the old
-    version whole at ``backup`` (`clean_stale` and loaders look there); the backup is removed once the swap is done."""
+    version whole at ``backup`` (`clean_stale` and loaders look there); the backup is removed once the swap is done.
+    With ``replace=False`` a ``final`` that appeared meanwhile (another writer of the same new target) is kept
+    and this writer is refused."""
     backup = backup or temp_path(final, "old")
     fsync_tree(new)
+    if not replace:
+        try:
+            os.rename(new, final)  # fails on an existing non-empty folder or a file: nothing is replaced
+        except OSError:
+            raise PixdeployError(f"{final} was written by another process while this one ran; it is kept and "
+                                 "this output was discarded (pass --force to replace it)") from None
+        fsync_dir(final.parent)
+        return
     if final.exists():
         _remove(backup)
         os.replace(final, backup)
@@ -190,7 +200,7 @@ def staged_dir(final: Path, *, replace: bool = False, what: str = "output",
     tmp.mkdir()
     try:
         yield tmp
-        replace_dir(tmp, final)
+        replace_dir(tmp, final, replace=replace or final.is_dir() and not any(final.iterdir()))
     finally:
         _remove(tmp)
 

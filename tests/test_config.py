@@ -56,3 +56,17 @@ def test_unknown_preset():
 def test_config_round_trips_through_dict():
     cfg = preset("small")
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_sizes_read_from_a_file_have_documented_ranges_checked_before_allocation():
+    """A damaged or hostile config (absurd widths, a context of millions) is refused before any allocation."""
+    import pytest
+
+    from pixdeploy.config import MAX_MODEL_BYTES, ModelConfig, preset
+    from pixdeploy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dim must be at most 16384"):
+        ModelConfig.from_dict({**preset("tiny").to_dict(), "dim": 10**9})
+    with pytest.raises(ConfigError, match="GiB; at most 64 GiB"):
+        preset("paper-120m").replace(max_seq_len=1 << 20, n_layers=40)
+    assert preset("paper-120m").estimated_bytes() < MAX_MODEL_BYTES

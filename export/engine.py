@@ -32,6 +32,7 @@ from pixdeploy.export.trt_support import (
     PLUGIN_NAMESPACE_FROM,
     parser_table,
 )
+from pixdeploy.runtime.backends import check_graphs_load
 from pixdeploy.runtime.bundle import (
     DEFAULT_VARIANT,
     ENGINES_DIR,
@@ -281,6 +282,7 @@ def build_engines(bundle_path, *, variant: str | None = None, max_batch: int = 4
     bundle = Bundle(bundle_path)
     variant = variant or DEFAULT_VARIANT
     graph_files = {g: bundle.graph_path(g, variant) for g in GRAPHS}  # refuses an unknown variant
+    check_graphs_load(bundle, variant)
     precision = str(bundle.variant(variant).get("precision", "?"))
     trt = import_tensorrt()
     trt_version = trt.__version__

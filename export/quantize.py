@@ -46,6 +46,7 @@ from pixdeploy.export.calibration import (
 )
 from pixdeploy.export.onnx_export import graph_specs
 from pixdeploy.export.parity import ParityError, check_parity, default_parity_images
+from pixdeploy.runtime.backends import check_graphs_load
 from pixdeploy.runtime.bundle import GRAPHS, Bundle, adding_variant
 
 from pixdeploy.errors import PixdeployError
@@ -301,6 +302,7 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ch
     bundle = Bundle(bundle_path)  # refuses a damaged bundle before any work
     if variant.name in bundle.variants and not force:
         raise PixdeployError(f"bundle {bundle.path} already has variant {variant.name}; pass --force to replace it")
+    check_graphs_load(bundle, "fp32")  # the graphs the variant is made from
     ck = source_model(bundle, checkpoint)
     if calib_cache is not None and not _cache_hit(calib_cache):
         check_not_inside(Path(calib_cache), bundle.path)  # written: never into the bundle being changed

@@ -22,6 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pixdeploy.runtime.backends import check_graphs_load
 from pixdeploy.runtime.bundle import DEFAULT_VARIANT, GRAPHS, Bundle, BundleError, select_engine_set
 
 from pixdeploy import __version__
@@ -154,6 +155,7 @@ def graph_artifacts(bundle: Bundle, backend: str, variant: str, engines: str | N
     if backend in ("onnxruntime", "python"):
         if engines is not None:
             raise PixdeployError("--engines names a TensorRT engine set; it is for --backend tensorrt")
+        check_graphs_load(bundle, variant)
         return {g: bundle.graph_path(g, variant) for g in GRAPHS}, None
     chosen = select_engine_set(bundle, variant, name=engines)
     return bundle.engine_files(chosen), chosen

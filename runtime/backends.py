@@ -133,6 +133,19 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
 
+def check_graphs_load(bundle, variant: str) -> bool:
+    """Both graphs of ``variant`` load on onnxruntime (CPU), as `Pipeline.load` would load them: a graph damaged
+    with recomputed checksums is refused in one line before a command builds on it. False where onnxruntime
+    is not installed (a TensorRT-only Jetson), which then checks nothing."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    for graph in ("image_encoder", "decoder"):
+        OnnxRuntimeRunner.open(bundle.graph_path(graph, variant), "cpu").close()
+    return True
+
+
 def _onnxruntime_runners(bundle, variant: str, device: str, keep: frozenset) -> tuple[Runner, Runner]:
     return (OnnxRuntimeRunner.open(bundle.graph_path("image_encoder", variant), device),
             OnnxRuntimeRunner.open(bundle.graph_path("decoder", variant), device, keep))

@@ -133,7 +133,7 @@ class Pipeline:
                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                      stop: Sequence[int] | None = (EOS_ID,), seed: int = 0) -> Iterator[np.ndarray]:
         """`token_steps` from window embeddings already computed and prompt ids already built."""
-        check_sampling(temperature, top_k, top_p)
+        check_sampling(temperature, top_k, top_p, seed)
         logits, cache = self.prefill(window_embeddings, ids)
         rng = np.random.default_rng(seed)
         n = min(max_new_tokens, self.cfg.max_seq_len - len(ids))

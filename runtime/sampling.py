@@ -8,9 +8,13 @@ import numpy as np
 
 from pixdeploy.errors import PixdeployError
 
+MAX_SEED = 2**63 - 1  # numpy's generators take seeds 0..2**63-1 here (a negative one raises deep inside)
 
-def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+
+def check_sampling(temperature: float, top_k: int, top_p: float, seed: int = 0) -> None:
     """Refuse settings that pass naive range checks but break sampling (NaN compares false with all)."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise PixdeployError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
         raise PixdeployError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if not (isinstance(top_p, (int, float)) and math.isfinite(top_p) and 0 < top_p <= 1):

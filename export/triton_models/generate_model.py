@@ -115,6 +115,8 @@ def parse(request) -> tuple[bytes, str, dict]:
         raise PixdeployError("TOP_P must be within (0, 1]")
     if kw["top_k"] < 0:
         raise PixdeployError("TOP_K must be >= 0")
+    if not 0 <= kw["seed"] <= 2**63 - 1:
+        raise PixdeployError("SEED must be within 0..2**63-1")
     return bytes(image), prompt, kw
 
 

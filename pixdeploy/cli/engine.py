@@ -24,7 +24,7 @@ def parse_size(text: str) -> int:
 @main.command("build-engine")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--variant", default=None, help="Precision variant to build (default: the bundle's own graphs, fp32).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--max-batch", type=click.IntRange(1, 1 << 16), default=4, show_default=True,
               help="Largest batch of images / sequences the engines accept.")
 @click.option("--workspace", default=None, help="TensorRT workspace limit, e.g. 2G (default: TensorRT's).")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,

@@ -37,14 +37,10 @@ def tensor_type(v) -> str:
 
 def load_graphs(bundle) -> str:
     """Load every variant's graphs as `Pipeline.load` does (onnxruntime, CPU); one line saying what was checked."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return 'graphs: checksums verified; not loaded (pip install "pixdeploy[onnx]" to check that they load)'
-    from pixdeploy.runtime import Pipeline
+    from pixdeploy.runtime.backends import check_graphs_load
 
-    for variant in bundle.variants:
-        Pipeline.open(bundle, device="cpu", variant=variant).close()
+    if not all([check_graphs_load(bundle, variant) for variant in bundle.variants]):
+        return 'graphs: checksums verified; not loaded (pip install "pixdeploy[onnx]" to check that they load)'
     return "graphs: verified and loaded (onnxruntime, CPU" + (", every variant)" if len(bundle.variants) > 1 else ")")
 
 

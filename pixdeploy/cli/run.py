@@ -43,13 +43,13 @@ def backend_options(backend: str, allow_host_code: bool, plugins: tuple) -> dict
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--prompt", default="", help="Text after the image.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=32, show_default=True)
 @click.option("--temperature", type=FiniteFloat(min=0), default=0.0, show_default=True, help="0: greedy.")
-@click.option("--top-k", type=click.IntRange(min=0), default=0)
+@click.option("--top-k", type=click.IntRange(0, 1 << 24), default=0)
 @click.option("--top-p", type=FiniteFloat(min=0, max=1, min_open=True), default=1.0)
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Sampling seed.")
 @click.option("--stream", is_flag=True, help="Print tokens as they come (one image at a time).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
               help="Images decoded together.")
 @runtime_options
 def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, batch_size, backend,

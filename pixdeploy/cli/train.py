@@ -28,7 +28,7 @@ def train_options(f):
                      help="BPE vocabulary when the data has text."),
         click.option("--word-loss-weight", type=FiniteFloat(min=0, min_open=True), default=1.0, show_default=True,
                      help="Weight of each word target against one pixel target in the loss (1: the paper's)."),
-        click.option("--seed", type=int, default=1337, show_default=True),
+        click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=1337, show_default=True),
         click.option("--eval-percent", type=click.IntRange(0, 99), default=5, show_default=True,
                      help="Share of --data held out for evaluation when --eval-data is not given."),
     ]

@@ -107,6 +107,32 @@ COMMANDS: dict[str, dict] = {
         "out_dir": lambda v, g: ["train", "--data", g.data, "--out", v, *QUICK_TRAIN],
         "float": lambda v, g: ["train", "--data", g.data, "--out", g.root / "never", "--lr", v, *QUICK_TRAIN],
     },
+    "quantize": {
+        "bundle": lambda v, g: ["quantize", v, "--precision", "int8", "--target", "cpu", "--checkpoint", g.checkpoint],
+        "checkpoint": lambda v, g: ["quantize", g.bundle, "--precision", "int8", "--target", "cpu",
+                                    "--checkpoint", v],
+    },
+    "build-engine": {
+        "bundle": lambda v, g: ["build-engine", v],
+        "int": lambda v, g: ["build-engine", g.bundle, "--max-batch", v],
+    },
+    "bench": {
+        "bundle": lambda v, g: ["bench", v, "--stage", "encoder", "--batch", "1", "--iters", "5", "--warmup", "1"],
+    },
+    "triton": {
+        "bundle": lambda v, g: ["triton", v, "-o", v.parent / "repo", "--backend", "python"],
+        "out_dir": lambda v, g: ["triton", g.bundle, "-o", v, "--backend", "python", "--force"],
+        "int": lambda v, g: ["triton", g.bundle, "-o", g.root / "never", "--max-batch", v],
+    },
+    "triton --instances": {
+        "int": lambda v, g: ["triton", g.bundle, "-o", g.root / "never", "--instances", v],
+    },
+    "generate --seed": {
+        "int": lambda v, g: ["generate", g.bundle, g.image, "--seed", v],
+    },
+    "generate --max-new-tokens": {
+        "int": lambda v, g: ["generate", g.bundle, g.image, "--max-new-tokens", v],
+    },
     "train --word-loss-weight": {
         "float": lambda v, g: ["train", "--data", g.data, "--out", g.root / "never", "--word-loss-weight", v,
                                *QUICK_TRAIN],
@@ -340,7 +366,7 @@ OUT_DIR_INPUTS = [
     ("user folder", user_folder, r"notes (exists and )?is not (a pixdeploy|empty)", 1),
     ("a regular file", lambda c, g: write(c / "file.txt", "keep me"), r"file\.txt exists and is not a", 1),
     ("previous run without meta.json", run_without_meta,
-     r"run (is not empty \(holds checkpoint, metrics\.jsonl\)|exists and is not a pixdeploy bundle"
+     r"run (is not empty \(holds checkpoint, metrics\.jsonl\)|exists and is not a pixdeploy (bundle|Triton)"
      r"|is not a pixdeploy demo)", 1),
 ]
 OUT_FILE_INPUTS = [
@@ -350,9 +376,12 @@ OUT_FILE_INPUTS = [
 ]
 FLOAT_INPUTS = [(v, lambda c, g, v=v: v, r"is not a finite number", None)
                 for v in ("nan", "NaN", "inf", "-inf", "1e999")]
+# Numbers past an option's documented range are refused by the option itself, before any allocation.
+INT_INPUTS = [(v, lambda c, g, v=v: v, r"is not in the range|is not a valid integer", None)
+              for v in ("-1", "1e8", "99999999999999999999999", "nan")]
 
 INPUTS = {"image": IMAGE_INPUTS, "bundle": BUNDLE_INPUTS, "checkpoint": CHECKPOINT_INPUTS, "data": DATA_INPUTS,
-          "out_dir": OUT_DIR_INPUTS, "out_file": OUT_FILE_INPUTS, "float": FLOAT_INPUTS}
+          "out_dir": OUT_DIR_INPUTS, "out_file": OUT_FILE_INPUTS, "float": FLOAT_INPUTS, "int": INT_INPUTS}
 
 CASES = [pytest.param(cmd, role, *inp, id=f"{cmd}|{role}|{inp[0]}")
          for cmd, roles in COMMANDS.items() for role, inputs in INPUTS.items() if role in roles for inp in inputs]
@@ -385,7 +414,7 @@ def invoke(args) -> tuple[int, str]:
 
 
 def expected_code(role: str, code):
-    return 2 if role == "float" else code
+    return 2 if role in ("float", "int") else code
 
 
 @pytest.mark.parametrize("cmd, role, name, make, message, code", CASES)

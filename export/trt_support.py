@@ -148,10 +148,9 @@ PARSER_FLAGS = {
                         "ENABLE_PLUGIN_OVERRIDE"}),
 }
 # How a plugin registered under the `pixdeploy` namespace can claim a custom node (onnx-tensorrt ModelImporter):
-# <= 10.6 the local function always wins; 10.7+ a `plugin_namespace` node attribute routes it to the plugin;
-# 10.15+ also the ENABLE_PLUGIN_OVERRIDE parser flag.
+# <= 10.6 the local function always wins; 10.7+ a `plugin_namespace` node attribute routes it to the plugin.
+# (10.15's ENABLE_PLUGIN_OVERRIDE flag is not used: it sends built-in ops to the plugin registry too.)
 PLUGIN_NAMESPACE_FROM = (10, 7)
-PLUGIN_OVERRIDE_FLAG_FROM = (10, 15)
 
 
 def parser_table(trt_version: str) -> ParserTable:

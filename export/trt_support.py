@@ -234,11 +234,15 @@ def element_types(model) -> dict:
     return out
 
 
-def _typed_tensors(node, opset: int) -> list[tuple[str, str]]:
-    """(role, tensor) for every input and output of ``node`` that the Supported Types column speaks of."""
+def _typed_tensors(node, opset: int) -> list[tuple[str, str]] | None:
+    """(role, tensor) for every input and output of ``node`` that the Supported Types column speaks of (None: the
+    operator has no ONNX schema at ``opset``)."""
     import onnx.defs
 
-    schema = onnx.defs.get_schema(node.op_type, opset, "")
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return None
     formals = [*schema.inputs, *schema.outputs]
     params = TYPED_PARAMS.get(node.op_type) or (
         {"T"} if any(f.type_str == "T" for f in formals) else {formals[0].type_str})
@@ -270,7 +274,10 @@ def _type_problems(node, types: dict, graph, table: ParserTable, opset: int, trt
                                 "FLOAT/FLOAT16 or a network output written by one")
     allowed = {ONNX_TYPES[t] for t in table.types[node.op_type]}
     wrong = {}  # element type -> tensors of it
-    for role, tensor in _typed_tensors(node, opset):
+    typed = _typed_tensors(node, opset)
+    if typed is None:
+        return [*problems, f"no ONNX schema at opset {opset}, so its element types cannot be checked"]
+    for role, tensor in typed:
         dtype = types.get(tensor)
         if dtype is None:
             problems.append(f"{role} {tensor} has no inferred element type")

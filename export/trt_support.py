@@ -256,19 +256,19 @@ def _typed_tensors(node, opset: int) -> list[tuple[str, str]] | None:
 
 
 def _type_problems(node, types: dict, graph, table: ParserTable, opset: int, trt_version: str) -> list[str]:
+    from onnx import TensorProto
+
     network_inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
     network_outputs = {o.name for o in graph.output}
     problems = []
+    cast = node.op_type == "Cast"
+    cast_to = next((TensorProto.DataType.Name(a.i) for a in node.attribute if a.name == "to"), None) if cast else None
     for tensor in [*node.input, *node.output]:
         if tensor and types.get(tensor) == "UINT8":
-            cast_to = next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
-            from onnx import TensorProto
-
-            other = TensorProto.DataType.Name(cast_to) if cast_to is not None else None
             if tensor in node.input:
-                fine = tensor in network_inputs and other in UINT8_CASTS
+                fine = cast and tensor in network_inputs and cast_to in UINT8_CASTS
             else:
-                fine = tensor in network_outputs and types.get(node.input[0]) in UINT8_CASTS
+                fine = cast and tensor in network_outputs and types.get(node.input[0]) in UINT8_CASTS
             if not fine:
                 problems.append(f"{tensor} is UINT8, which TensorRT takes only as a network input read by a Cast to "
                                 "FLOAT/FLOAT16 or a network output written by one")

@@ -93,6 +93,24 @@ def test_uint8_input_cast_to_float_only(version):
     assert any(p.startswith("Cast (c): images is UINT8") for p in unsupported(cast(I64), version))
 
 
+def test_uint8_network_output_only_from_a_cast_of_float():
+    x = [("x", F32, [2, 3])]
+    out = lambda node: helper.make_model(  # noqa: E731
+        helper.make_graph([node], "t", [helper.make_tensor_value_info(*x[0])],
+                          [helper.make_tensor_value_info("y", U8, [2, 3])]),
+        opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    assert unsupported(out(helper.make_node("Cast", ["x"], ["y"], to=U8)), "10.3") == []
+    i64 = model([helper.make_node("Cast", ["x"], ["i"], to=I64), helper.make_node("Cast", ["i"], ["y"], to=F32)], x)
+    i64.graph.output[0].type.tensor_type.elem_type = U8
+    i64.graph.node[1].attribute[0].i = U8  # INT64 -> UINT8: not a conversion TensorRT has
+    assert any("y is UINT8" in p for p in unsupported(i64, "10.3"))
+    u8 = model([helper.make_node("Cast", ["x"], ["c"], to=U8), helper.make_node("Identity", ["c"], ["y"], name="id")],
+               x)
+    problems = unsupported(u8, "10.3")
+    assert any(p.startswith("Cast (c): c is UINT8") for p in problems)  # an intermediate UINT8 tensor
+    assert any(p.startswith("Identity (id): c is UINT8") for p in problems)
+
+
 def test_cumsum_on_int64_is_refused():
     x = [("x", TensorProto.BOOL, [2, 64])]
     axis = helper.make_node("Constant", [], ["axis"], value_int=1)

@@ -140,11 +140,11 @@ def build_settings(trt_version: str, *, workspace: int | None = None, version_co
     # Strongly typed: the ONNX types decide precision. Required on 11 (kept but ignored there), opt-in on 10.
     network_flags = ("STRONGLY_TYPED",)
     builder_flags = ("VERSION_COMPATIBLE",) if version_compatible else ()
+    # No parser flag, with plugins or without: custom nodes carry plugin_namespace, which routes them to a plugin
+    # registered under it (10.7+). ENABLE_PLUGIN_OVERRIDE (10.15+) would send every node, built-ins included, to
+    # the plugin registry first, where TensorRT's own ScatterElements plugin rejects reduction="none" (the
+    # decoder's KV-cache writes).
     parser_flags = ()
-    if plugins and version_tuple(trt_version)[:2] >= (10, 15):
-        # Custom nodes carry plugin_namespace, which already routes them to a registered plugin on 10.7+;
-        # the override flag makes the preference explicit where it exists.
-        parser_flags = ("ENABLE_PLUGIN_OVERRIDE",)
     config = {"profiling_verbosity": "DETAILED"}  # the inspector's layer list shows plugin vs body
     if workspace:
         config["workspace"] = int(workspace)

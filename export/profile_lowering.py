@@ -8,6 +8,7 @@ fused opset-23 operators gets its elementary form for TensorRT 10.3 with no code
 - ``attention_4d``: ``Attention`` masks of lower rank get leading unit dims (TensorRT's importer takes 4-D only).
 - every profile: custom ``pixdeploy::`` nodes carry ``plugin_namespace="pixdeploy"``, so a TensorRT plugin
   registered under that namespace can claim them (10.7+); their function bodies stay for everyone else.
+- every profile: a uint8 network input is read by one ``Cast`` to float and nothing else (`cast_uint8_inputs`).
 """
 
 from __future__ import annotations
@@ -166,8 +167,35 @@ def mark_plugin_nodes(proto) -> None:
             fn.attribute.append(PLUGIN_NAMESPACE_ATTR)
 
 
+def cast_uint8_inputs(proto) -> None:
+    """Give each UINT8 network input one reader, ``Cast(x -> FLOAT)``, and move its other readers to that float
+    copy: the ``Shape`` nodes the exporter takes dims from (a dim does not depend on the type) and custom nodes
+    (their contract takes the float copy, see `pixdeploy.export.ops.color_fold`).
+
+    TensorRT's ONNX parser: "UINT8 is only supported as network input or output tensor types" (onnx-tensorrt
+    docs/operators.md, 10.1 and 10.15), and a kUINT8 tensor converts to kFLOAT or kHALF only (NvInferRuntimeBase.h,
+    TensorRT release/10.3). The cast is exact (0..255). Runs again on its own output without change."""
+    for value in proto.graph.input:
+        if value.type.tensor_type.elem_type != TensorProto.UINT8:
+            continue
+        readers = [n for n in proto.graph.node if value.name in n.input]
+        as_float = f"{value.name}_float"
+        cast = next((n for n in readers if n.op_type == "Cast" and n.output[0] == as_float), None)
+        for node in readers:
+            if node is cast:
+                continue
+            if node.op_type != "Shape" and node.domain != DOMAIN:
+                raise PixdeployError(f"{node.op_type} {node.name} reads the uint8 input {value.name}; only Shape and "
+                                     "pixdeploy custom nodes may read its float copy")
+            node.input[:] = [as_float if i == value.name else i for i in node.input]
+        if cast is None:
+            proto.graph.node.insert(0, helper.make_node("Cast", [value.name], [as_float], name=f"{value.name}/Cast",
+                                                        to=TensorProto.FLOAT))
+
+
 def apply_profile(proto, profile: ExportProfile) -> None:
     """Rewrite ``proto`` in place for ``profile`` (graph and function bodies)."""
+    cast_uint8_inputs(proto)
     mark_plugin_nodes(proto)
     if not profile.fused:
         _replace(proto.graph, _lower_nodes(proto.graph.node, _mask_types(proto)))

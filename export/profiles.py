@@ -6,7 +6,7 @@ One table, read by the exporter (which lowering to apply), the manifest (what th
 `build-engine` (refuse a bundle the installed TensorRT cannot parse, before parsing). Torch- and
 onnx-free, so a Jetson with only the runtime installed can read it.
 
-Why three: TensorRT 10.3 (JetPack 6.x, most Jetson Orin boards) has no ONNX importer for the opset-23
+Why three: TensorRT 10.3 (JetPack 6.1/6.2, most Jetson Orin boards) has no ONNX importer for the opset-23
 ``Attention`` (added in 10.14) or ``RMSNormalization`` (10.15) and reads opsets 9..20, so its graphs
 write both out in elementary ops; TensorRT 10.15+ and 11.x import the fused operators, provided every
 ``Attention`` input is 4-D; onnxruntime runs today's graphs as they are.
@@ -43,10 +43,10 @@ PROFILES = {
     "tensorrt-10.3": ExportProfile(
         # IR 10: what TensorRT 10.3's ONNX 1.16 parser and NVIDIA ModelOpt (IR <= 10) read.
         "tensorrt-10.3", opset=20, ir_version=10, fused=False, attention_4d=False, tensorrt_min="10.3",
-        suits="TensorRT 10.3-10.14 (JetPack 6.x; x86 servers), also parses on later TensorRT"),
+        suits="TensorRT 10.3-10.14 (JetPack 6.1/6.2; x86 servers), also parses on later TensorRT"),
     "tensorrt-10.15": ExportProfile(
         "tensorrt-10.15", opset=23, ir_version=11, fused=True, attention_4d=True, tensorrt_min="10.15",
-        suits="TensorRT 10.15+ and 11.x (JetPack 7.2.2+; x86 servers): fused attention"),
+        suits="TensorRT 10.15+ and 11.x (JetPack 7.2.2+ with TensorRT 11.4.1+; x86 servers): fused attention"),
 }
 DEFAULT_PROFILE = "onnxruntime"
 

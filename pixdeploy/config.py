@@ -102,6 +102,8 @@ class ModelConfig:
             problems.append("fold 1 is unsupported: the padding token id 2**24 does not fit the pixel-id range")
         if self.image_size % self.window:
             problems.append(f"window {self.window} does not divide image_size {self.image_size}")
+        if self.image_size > 4096:  # pixel positions are counted in float32, exact up to 2**24 = 4096**2
+            problems.append(f"image_size {self.image_size} is above 4096")
         if self.dim % self.n_heads:
             problems.append(f"n_heads {self.n_heads} does not divide dim {self.dim}")
         elif self.head_dim % 2:

@@ -243,8 +243,10 @@ class PixTokenLM(nn.Module):
         """(N, S, S, 3) uint8 + (N, 2) sizes -> per-window ids, valid mask, global positions: (N*W, P)."""
         ids = fold_torch(images, sizes, self.cfg.fold)  # (N, S, S)
         valid = ids != self.cfg.pixel_pad_id
-        # RoPE positions: global raster index with padding skipped; padding reuses its predecessor's.
-        pos = (valid.flatten(1).cumsum(1) - 1).clamp(min=0).view_as(ids)
+        # RoPE positions: global raster index with padding skipped; padding reuses its predecessor's. Counted in
+        # float32, exact below 2**24 pixels (ModelConfig caps image_size): TensorRT's ONNX parser documents CumSum
+        # and Clip for floating-point types only.
+        pos = (valid.flatten(1).float().cumsum(1) - 1).clamp(min=0).long().view_as(ids)
         w = self.cfg.window
         return partition_windows(ids, w), partition_windows(valid, w), partition_windows(pos, w)
 

@@ -18,7 +18,7 @@ from pixdeploy.export.profiles import DEFAULT_PROFILE, PROFILES  # plain data: n
               help="Images (or folders) for the parity gate; default: real photos shipped with scikit-learn.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle (only once the new one passes parity).")
 @click.option("--target", type=click.Choice(list(PROFILES)), default=DEFAULT_PROFILE, show_default=True,
-              help="Operators the graphs may use: tensorrt-10.3 for JetPack 6 / TensorRT 10.3-10.14, "
+              help="Operators the graphs may use: tensorrt-10.3 for JetPack 6.1/6.2 / TensorRT 10.3-10.14, "
               "tensorrt-10.15 for TensorRT 10.15+ and 11.x.")
 def export_cmd(checkpoint, out, parity_images, force, target):
     """Export a checkpoint to a bundle of ONNX graphs, gated on parity with PyTorch."""

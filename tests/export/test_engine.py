@@ -65,9 +65,19 @@ def test_options_exist_in_each_tensorrt_generation(version, options):
     assert names.isdisjoint(REMOVED_IN_11)  # never a precision flag, calibrator or cuBLAS/cuDNN tactic
     assert "STRONGLY_TYPED" in s.network_flags  # the ONNX types decide precision
     v = version_tuple(version)
-    assert ("ENABLE_PLUGIN_OVERRIDE" in s.parser_flags) == (options.get("plugins", False) and v >= (10, 15))
+    assert s.parser_flags == ()
     assert s.decomposable_attention == (v >= (10, 14))
     json.dumps(s.to_dict())  # names only: nothing TensorRT-numbered is persisted
+
+
+@pytest.mark.parametrize("version", ["10.15.1.29", "11.0.0", "11.4.1"])
+def test_plugins_set_no_parser_flag(version):
+    """--plugins on 10.15+/11.x: no OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE. With it the parser looks every node up
+    in the plugin registry first (onnx-tensorrt ModelImporter.cpp parseNode, 10.15+), built-ins included, and
+    TensorRT's own ScatterElements plugin (registered by init_libnvinfer_plugins, which Polygraphy calls) rejects
+    reduction="none", the decoder's KV-cache writes. The custom nodes' plugin_namespace already reaches a plugin."""
+    s = build_settings(version, plugins=True)
+    assert s.parser_flags == () and s.to_dict()["parser_flags"] == []
 
 
 def test_gating_catches_a_flag_tensorrt_11_removed():

@@ -38,7 +38,9 @@ def test_color_fold_body_matches_reference_on_random_and_letterboxed(fold, photo
     real, real_size = prepare_image(photo, 16)  # a real letterboxed photo (wide: bottom padding)
     rgb[2] = real
     sizes = np.array([[16, 16], [16, 5], real_size], dtype=np.int64)
-    got = run_single_node(ColorFold, {"images": rgb, "sizes": sizes}, {"fold": fold}, TensorProto.INT64, rgb.shape[:3])
+    # The node takes the uint8 input's float copy (the graph's one Cast of `images`).
+    got = run_single_node(ColorFold, {"images": rgb.astype(np.float32), "sizes": sizes}, {"fold": fold},
+                          TensorProto.INT64, rgb.shape[:3])
     np.testing.assert_array_equal(got, fold_np(rgb, sizes, fold))
 
 

@@ -76,3 +76,28 @@ def test_kv_cache_attention_is_refused_not_silently_dropped():
     model = one_node_model(node, feed, (1, 2, 3, 4))
     with pytest.raises(PixdeployError, match="KV-cache"):
         apply_profile(model, PROFILES["tensorrt-10.3"])
+
+
+def test_uint8_inputs_get_one_cast_and_their_readers_its_float_copy():
+    """Every profile: the uint8 input is read by one Cast to FLOAT; Shape and custom nodes move to its output;
+    a second pass changes nothing; any other reader is refused."""
+    from pixdeploy.export.profile_lowering import cast_uint8_inputs
+
+    from pixdeploy.errors import PixdeployError
+
+    def graph(*readers):
+        g = helper.make_graph(list(readers), "t", [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 3])],
+                              [helper.make_tensor_value_info(r.output[0], TensorProto.INT64, None) for r in readers])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+
+    m = graph(helper.make_node("Shape", ["images"], ["s"]), helper.make_node("Fold", ["images"], ["f"],
+                                                                             domain="pixdeploy"))
+    cast_uint8_inputs(m)
+    once = m.SerializeToString()
+    cast_uint8_inputs(m)
+    assert m.SerializeToString() == once
+    readers = {n.op_type: list(n.input) for n in m.graph.node}
+    assert readers == {"Cast": ["images"], "Shape": ["images_float"], "Fold": ["images_float"]}
+    assert m.graph.node[0].op_type == "Cast" and m.graph.node[0].attribute[0].i == TensorProto.FLOAT
+    with pytest.raises(PixdeployError, match="Add plus reads the uint8 input images"):
+        cast_uint8_inputs(graph(helper.make_node("Add", ["images", "images"], ["a"], name="plus")))

@@ -102,8 +102,6 @@ class ModelConfig:
             problems.append("fold 1 is unsupported: the padding token id 2**24 does not fit the pixel-id range")
         if self.image_size % self.window:
             problems.append(f"window {self.window} does not divide image_size {self.image_size}")
-        if self.image_size > 4096:  # pixel positions are counted in float32, exact up to 2**24 = 4096**2
-            problems.append(f"image_size {self.image_size} is above 4096")
         if self.dim % self.n_heads:
             problems.append(f"n_heads {self.n_heads} does not divide dim {self.dim}")
         elif self.head_dim % 2:
@@ -144,6 +142,7 @@ class ModelConfig:
 
 # Documented ranges, checked before anything is allocated: a config read from a checkpoint or bundle is untrusted,
 # and a size past these is a damaged or hostile file, not a model (the paper's model is 768 / 12 / 1024).
+# image_size 4096: the exported graphs count pixel positions in float32, exact up to 2**24 = 4096**2.
 LIMITS = {"dim": 16384, "n_heads": 256, "n_kv_heads": 256, "n_layers": 512, "image_layers": 256,
           "mlp_hidden": 131072, "image_size": 4096, "window": 512, "max_seq_len": 1 << 20,
           "text_vocab": 1 << 21}

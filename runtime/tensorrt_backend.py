@@ -84,20 +84,16 @@ def load_plugins(libraries) -> None:
 
 
 class DeviceTensor:
-    """A tensor left on the GPU. Valid until the runner that made it has run twice more."""
+    """A tensor left on the GPU (a region of one of the runner's `DeviceArray`s). Valid until the runner that
+    made it has run twice more."""
 
     def __init__(self, ptr: int, shape: tuple, dtype, cuda, stream):
         self.ptr, self.shape, self.dtype = ptr, tuple(shape), np.dtype(dtype)
         self._cuda, self._stream = cuda, stream
 
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * self.dtype.itemsize
-
     def numpy(self) -> np.ndarray:
         out = np.empty(self.shape, self.dtype)
-        self._cuda.wrapper().memcpy(out.ctypes.data, self.ptr, self.nbytes, self._cuda.MemcpyKind.DeviceToHost,
-                                    self._stream.ptr)
+        self._cuda.DeviceView(self.ptr, self.shape, self.dtype).copy_to(out, self._stream)
         self._stream.synchronize()
         return out
 
@@ -145,21 +141,20 @@ class TensorRTRunner(Runner):
     # ---- buffers, once ----
 
     def _allocate(self) -> None:
-        """One buffer per input and output at its largest shape over all profiles (two for kept outputs)."""
-        largest: dict[str, int] = {}
+        """One Polygraphy `DeviceArray` per input and output at its largest shape over all profiles (two for kept
+        outputs), allocated once."""
+        largest: dict[str, int] = {}  # elements
         for index in range(self.engine.num_optimization_profiles):
             self._use_profile(index)
             for name in self.input_names:
                 hi = tuple(self.engine.get_tensor_profile_shape(name, index)[2])
                 self.context.set_input_shape(name, hi)
-                largest[name] = max(largest.get(name, 0), int(np.prod(hi)) * self.dtypes[name].itemsize)
+                largest[name] = max(largest.get(name, 0), int(np.prod(hi)))
             for name in self.output_names:
-                shape = tuple(self.context.get_tensor_shape(name))
-                largest[name] = max(largest.get(name, 0), int(np.prod(shape)) * self.dtypes[name].itemsize)
-        malloc = self.cuda.wrapper().malloc
-        self.buffers = {n: malloc(max(size, 1)) for n, size in largest.items()}
-        self.spare = {n: malloc(max(largest[n], 1)) for n in self.keep}  # the alternate KV-cache set
-        self._largest = largest
+                largest[name] = max(largest.get(name, 0), int(np.prod(tuple(self.context.get_tensor_shape(name)))))
+        array = lambda n: self.cuda.DeviceArray(shape=(max(largest[n], 1),), dtype=self.dtypes[n])  # noqa: E731
+        self.buffers = {n: array(n) for n in largest}
+        self.spare = {n: array(n) for n in self.keep}  # the alternate KV-cache set
 
     def _use_profile(self, index: int) -> None:
         if not self.context.set_optimization_profile_async(index, self.stream.ptr):
@@ -168,9 +163,8 @@ class TensorRTRunner(Runner):
 
     def close(self) -> None:
         """Free the device buffers and CUDA graphs; the context and engine go before the runtime."""
-        free = self.cuda.wrapper().free
-        for ptr in [*self.buffers.values(), *self.spare.values()]:
-            free(ptr)
+        for array in [*self.buffers.values(), *self.spare.values()]:
+            array.free()
         self.buffers, self.spare = {}, {}
         for exe in filter(None, self._graphs.values()):
             self.cuda.wrapper().handle.cudaGraphExecDestroy(exe)
@@ -194,7 +188,6 @@ class TensorRTRunner(Runner):
         return len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi))
 
     def infer_impl(self, feed: dict) -> dict:
-        wrapper, kinds = self.cuda.wrapper(), self.cuda.MemcpyKind
         index = self._pick_profile(feed)
         if index != self._profile:
             self._use_profile(index)
@@ -205,14 +198,14 @@ class TensorRTRunner(Runner):
                 ptr, shape = value.ptr, value.shape
             else:
                 arr = np.ascontiguousarray(value)
-                ptr, shape = self.buffers[name], arr.shape
-                wrapper.memcpy(ptr, arr.ctypes.data, arr.nbytes, kinds.HostToDevice, self.stream.ptr)
+                ptr, shape = self.buffers[name].copy_from(arr, self.stream).ptr, arr.shape
             self.context.set_input_shape(name, shape)
             self.context.set_tensor_address(name, ptr)
             addresses.append(ptr)
         # Kept outputs alternate between two buffer sets, so this step never writes what it reads.
         self._flip ^= 1
-        out_ptrs = {n: (self.spare[n] if self._flip and n in self.keep else self.buffers[n]) for n in self.output_names}
+        out = {n: (self.spare[n] if self._flip and n in self.keep else self.buffers[n]) for n in self.output_names}
+        out_ptrs = {n: a.ptr for n, a in out.items()}
         for name, ptr in out_ptrs.items():
             self.context.set_tensor_address(name, ptr)
             addresses.append(ptr)
@@ -225,9 +218,7 @@ class TensorRTRunner(Runner):
             if name in self.keep:
                 result[name] = DeviceTensor(out_ptrs[name], shape, self.dtypes[name], self.cuda, self.stream)
             else:
-                host = np.empty(shape, self.dtypes[name])
-                wrapper.memcpy(host.ctypes.data, out_ptrs[name], host.nbytes, kinds.DeviceToHost, self.stream.ptr)
-                result[name] = host
+                result[name] = out[name].view(shape).copy_to(np.empty(shape, self.dtypes[name]), self.stream)
         self.stream.synchronize()
         return result
 

@@ -63,3 +63,18 @@ def test_missing_engines_name_the_command_to_run(tiny_bundle, tmp_path, engine_s
     name = engine_set_writer(b, gpu="NVIDIA H100", tensorrt="10.15.1.29", cc="9.0")
     with pytest.raises(PixdeployError, match=f"it has: {name}: variant fp32, TensorRT 10.15.1.29 on NVIDIA H100"):
         select_engine_set(Bundle(b), "fp32", tensorrt="10.3.0.30", compute_capability="8.7")
+
+
+def test_the_polygraphy_cuda_api_the_tensorrt_backend_uses_exists():
+    """The TensorRT backend's device memory is Polygraphy's (`DeviceArray`, `DeviceView`, `Stream`): the names and
+    signatures it calls are those of the installed Polygraphy (the backend itself needs a GPU to run)."""
+    import inspect
+
+    from polygraphy import cuda
+
+    assert {"shape", "dtype"} <= set(inspect.signature(cuda.DeviceArray).parameters)
+    assert list(inspect.signature(cuda.DeviceView).parameters) == ["ptr", "shape", "dtype"]
+    assert "stream" in inspect.signature(cuda.DeviceArray.copy_from).parameters
+    assert "stream" in inspect.signature(cuda.DeviceView.copy_to).parameters
+    assert "shape" in inspect.signature(cuda.DeviceArray.view).parameters
+    assert callable(cuda.DeviceArray.free) and callable(cuda.Stream) and callable(cuda.wrapper)

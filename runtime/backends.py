@@ -133,22 +133,46 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
 
+def check_signature(runner: Runner, signature: dict, where: str) -> None:
+    """A graph (or engine) must have the inputs and outputs its manifest entry records (names, dtypes, ranks,
+    fixed dims): graphs swapped between entries, or a config edited away from them, are refused when loaded."""
+    want_in = declared_inputs(signature)
+    want_out = {n: (NP_TYPES[t["dtype"]], tuple(t["shape"])) for n, t in signature["outputs"].items()}
+    problems = []
+    if set(runner.inputs) != set(want_in) or set(runner.output_names) != set(want_out):
+        problems.append(f"has inputs {sorted(runner.inputs)} and outputs {sorted(runner.output_names)}")
+    else:
+        for name, (dtype, shape) in want_in.items():
+            got_dtype, got_shape = runner.inputs[name]
+            fixed = [(a, b) for a, b in zip(got_shape, shape) if isinstance(a, int) and a >= 0 and isinstance(b, int)]
+            if np.dtype(got_dtype) != np.dtype(dtype) or len(got_shape) != len(shape) or any(a != b for a, b in fixed):
+                problems.append(f"input {name} is {np.dtype(got_dtype).name}{list(got_shape)}")
+    if problems:
+        raise PixdeployError(f"{where} does not match its manifest entry: it {'; '.join(problems)}")
+
+
 def check_graphs_load(bundle, variant: str) -> bool:
-    """Both graphs of ``variant`` load on onnxruntime (CPU), as `Pipeline.load` would load them: a graph damaged
-    with recomputed checksums is refused in one line before a command builds on it. False where onnxruntime
-    is not installed (a TensorRT-only Jetson), which then checks nothing."""
+    """Both graphs of ``variant`` load on onnxruntime (CPU) with the signatures the manifest records, as
+    `Pipeline.load` loads them: a graph damaged with recomputed checksums, or swapped, is refused in one line
+    before a command builds on it. False where onnxruntime is not installed (a TensorRT-only Jetson), which
+    then checks nothing."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return False
-    for graph in ("image_encoder", "decoder"):
-        OnnxRuntimeRunner.open(bundle.graph_path(graph, variant), "cpu").close()
+    for runner in _onnxruntime_runners(bundle, variant, "cpu", frozenset()):
+        runner.close()
     return True
 
 
 def _onnxruntime_runners(bundle, variant: str, device: str, keep: frozenset) -> tuple[Runner, Runner]:
-    return (OnnxRuntimeRunner.open(bundle.graph_path("image_encoder", variant), device),
-            OnnxRuntimeRunner.open(bundle.graph_path("decoder", variant), device, keep))
+    runners = []
+    for graph in ("image_encoder", "decoder"):
+        path = bundle.graph_path(graph, variant)
+        runner = OnnxRuntimeRunner.open(path, device, keep if graph == "decoder" else frozenset())
+        check_signature(runner, bundle.graphs[graph], f"{path} ({graph} of variant {variant})")
+        runners.append(runner)
+    return runners[0], runners[1]
 
 
 def _tensorrt_runners(bundle, variant: str, device: str, keep: frozenset, allow_host_code: bool = False,

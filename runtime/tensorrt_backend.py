@@ -23,7 +23,7 @@ import ctypes
 from pathlib import Path
 
 import numpy as np
-from pixdeploy.runtime.backends import Runner
+from pixdeploy.runtime.backends import Runner, check_signature
 from pixdeploy.runtime.bundle import select_engine_set
 from pixdeploy.runtime.engine_header import EngineError, check_runs_here, read_engine
 
@@ -66,8 +66,11 @@ def open_engines(bundle, variant: str, device: str, keep: frozenset, *, allow_ho
                           "plugins=['/path/libplugin.so']) or --plugins")
     load_plugins(plugins)
     files = bundle.engine_files(chosen)
-    return (TensorRTRunner(files["image_encoder"], allow_host_code=allow_host_code),
-            TensorRTRunner(files["decoder"], allow_host_code=allow_host_code, keep=keep))
+    runners = (TensorRTRunner(files["image_encoder"], allow_host_code=allow_host_code),
+               TensorRTRunner(files["decoder"], allow_host_code=allow_host_code, keep=keep))
+    for graph, runner in zip(("image_encoder", "decoder"), runners):
+        check_signature(runner, bundle.graphs[graph], f"{files[graph]} ({graph} of engine set {chosen.name})")
+    return runners
 
 
 def load_plugins(libraries) -> None:

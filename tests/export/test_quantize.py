@@ -302,3 +302,24 @@ def test_fp16_norms_stay_finite_where_a_naive_fp16_norm_overflows(source, digit_
     head = [n for n in onnx.load(str(b.graph_path("decoder", "fp16"))).graph.node if n.op_type == "Gemm"]
     inits = {i.name: i.data_type for i in onnx.load(str(b.graph_path("decoder", "fp16"))).graph.initializer}
     assert [inits[n.input[1]] for n in head] == [onnx.TensorProto.FLOAT]  # logits in fp32
+
+
+def test_every_variant_keeps_its_bundles_ir_version_and_operator_table(tiny_checkpoint, tmp_path):
+    """An int8-tensorrt variant of a tensorrt-10.3 bundle is written at IR 10, as its fp32 graphs are (TensorRT
+    10.3's parser reads IR 10), and fits the 10.3 operator table with its data types."""
+    import onnx
+    from pixdeploy.export.bundle import export_bundle
+    from pixdeploy.export.quantize import VARIANTS, make_graphs
+    from pixdeploy.export.trt_support import unsupported
+
+    from pixdeploy.checkpoint import Checkpoint
+
+    bundle, _ = export_bundle(tiny_checkpoint, tmp_path / "b", target="tensorrt-10.3", echo=lambda *_: None)
+    out = tmp_path / "int8"
+    out.mkdir()
+    make_graphs(bundle, VARIANTS[("int8", "tensorrt")], Checkpoint(tiny_checkpoint).load_model(), out,
+                calibration.calibration_images(None, 2), None, lambda *_: None)
+    for g in ("image_encoder", "decoder"):
+        proto = onnx.load(str(out / f"{g}.onnx"))
+        assert proto.ir_version == 10 == onnx.load(str(bundle.graph_path(g))).ir_version
+        assert unsupported(proto, "10.3") == []

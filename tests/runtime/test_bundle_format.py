@@ -15,6 +15,7 @@ from pixdeploy.runtime import Bundle, Pipeline
 from pixdeploy.runtime.bundle import BundleError, sweep_variants
 
 from pixdeploy.cli import main
+from pixdeploy.errors import PixdeployError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -185,3 +186,14 @@ def test_pipelines_and_runners_close(tiny_bundle, photo):
         pipe.embed([photo])
     assert pipe.encoder.session is None and pipe.decoder.session is None
     assert os.path.isdir(tiny_bundle)
+
+
+def test_graphs_swapped_between_entries_are_refused_by_inspect_and_loading_alike(tiny_bundle, tmp_path):
+    """Both files still match their checksums: only their signatures give the swap away."""
+    b = copy(tiny_bundle, tmp_path / "b")
+    edit(b, lambda m: m["variants"]["fp32"].update(graphs={"image_encoder": {"file": "decoder.onnx"},
+                                                           "decoder": {"file": "image_encoder.onnx"}}))
+    with pytest.raises(PixdeployError, match="image_encoder of variant fp32.* does not match its manifest entry"):
+        Pipeline.load(b, device="cpu")
+    res = CliRunner().invoke(main, ["inspect", str(b)])
+    assert res.exit_code == 1 and "does not match its manifest entry" in res.output

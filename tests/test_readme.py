@@ -40,3 +40,48 @@ def test_python_example_runs(tiny_bundle, tmp_path, monkeypatch, capsys):
     (code,) = blocks("python")
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out
+
+
+TOP = ("pixdeploy/", "export/", "runtime/", "tests/", "benchmarks/", "scripts/", ".ci/")
+
+
+def repo_paths(text: str) -> set[str]:
+    """Paths into this repository that a text names in backticks (`export/engine.py`, `tests/hostile/`)."""
+    found = set()
+    for token in re.findall(r"`([^`\s]+)`", text):
+        path = token.split(":")[0].rstrip("/.,")
+        if path.startswith(TOP) and not re.search(r"[<>{}*]", path):
+            found.add(path)
+    return found
+
+
+def dotted_names(text: str) -> set[str]:
+    return {t for t in re.findall(r"`(pixdeploy(?:\.[A-Za-z_][A-Za-z0-9_]*)+)`", text)}
+
+
+def test_every_repository_path_and_module_the_readmes_name_exists():
+    import importlib
+
+    texts = {p: p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "benchmarks").rglob("README.md"))]}
+    outputs = tuple(line for line in (ROOT / ".gitignore").read_text().split() if line.endswith("/"))  # written by runs
+    missing = [f"{p.name}: {path}" for p, t in texts.items() for path in repo_paths(t)
+               if not (ROOT / path).exists() and not (path + "/").startswith(outputs)]
+    for p, t in texts.items():
+        for name in dotted_names(t):
+            parts = name.split(".")
+            for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+                try:
+                    obj = importlib.import_module(".".join(parts[:cut]))
+                except ImportError:
+                    continue
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr, None)
+                if obj is None:
+                    missing.append(f"{p.name}: {name}")
+                break
+    assert not missing, missing
+
+
+def test_the_path_check_sees_a_missing_path():
+    assert repo_paths("see `pixdeploy/export/trt_support.py` and `runs/mine`") == {"pixdeploy/export/trt_support.py"}
+    assert not (ROOT / "pixdeploy/export/trt_support.py").exists()

@@ -14,6 +14,7 @@ import click
 
 from pixdeploy import __version__
 from pixdeploy.errors import PixdeployError
+from pixdeploy.text import printable  # every line naming a path or quoting a file goes through it
 
 # Optional heavy dependencies and the extra that installs each (a runtime-only install has none).
 EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "onnxruntime": "onnx", "sklearn": "train"}
@@ -46,10 +47,9 @@ class Group(click.Group):
             sys.exit(e.exit_code)
 
 
-def printable(text: str) -> str:
-    """Text safe to print: a file name that is not valid UTF-8 reaches Python as surrogate escapes,
-    which a UTF-8 stream refuses; its undecodable bytes are shown as U+FFFD instead."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+def echo_line(text: str, err: bool = False) -> None:
+    """One line of progress from the library (it names paths, files, data): printed escaped."""
+    click.echo(printable(text), err=err)
 
 
 @click.group(cls=Group)

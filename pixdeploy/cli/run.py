@@ -67,15 +67,15 @@ def warnings_as_lines():
 def _generate(pipe, paths, prompt, kw, stream, batch_size):
     if stream:
         for p in paths:
-            click.echo(printable(f"{p}\t"), nl=False)
-            for piece in pipe.stream(p, prompt, **kw):
-                click.echo(piece, nl=False)
+            click.echo(f"{printable(p)}\t", nl=False)
+            for piece in pipe.stream(p, prompt, **kw):  # the bundle's tokenizer decides what text is
+                click.echo(printable(piece), nl=False)
             click.echo()
     else:
         for i in range(0, len(paths), batch_size):
             chunk = paths[i : i + batch_size]
             for p, text in zip(chunk, pipe.generate_batch(chunk, prompt, **kw)):
-                click.echo(printable(f"{p}\t{text}"))
+                click.echo(f"{printable(p)}\t{printable(text)}")
 
 
 @main.command()

@@ -154,11 +154,22 @@ class Checkpoint:
     def load_model(self, device="cpu"):
         from pixdeploy.model import PixTokenLM
 
-        model = PixTokenLM(self.config)
-        missing, unexpected = model.load_state_dict(self.model_state(), strict=False)
+        # meta.json's config is not checksummed: check it against the weights' shapes on the meta device
+        # (nothing allocated) before building the model it describes, which may be of any size.
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in PixTokenLM(self.config).state_dict().items()}
+        state = self.model_state()
+        missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
         if missing or unexpected:
             raise CheckpointError(f"checkpoint {self.path} does not fit its config "
                                   f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+        wrong = sorted(k for k in expected if tuple(state[k].shape) != expected[k])
+        if wrong:
+            k = wrong[0]
+            raise CheckpointError(f"checkpoint {self.path} does not fit its config: {len(wrong)} tensor(s) of "
+                                  f"another shape ({k}: {tuple(state[k].shape)}, the config makes {expected[k]})")
+        model = PixTokenLM(self.config)
+        model.load_state_dict(state)
         return model.to(device).eval()
 
 

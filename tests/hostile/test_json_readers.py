@@ -346,3 +346,23 @@ def test_bench_compare_prints_the_other_machine_escaped(bench_report, tmp_path):
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert "before: \\x1b]0;owned\\x07Fake CPU" in result.output and "(\\x1b[2J2020-01-01)" in result.output
+
+
+# ---- a run's metrics.jsonl (read back by train --resume) --------------------------------------------------
+
+RECORD = {"step": 2, "loss": 1.25, "eval_pixel_loss": 1.5, "eval_word_loss": 2.0, "pixel_tokens_per_s": 900.0}
+
+
+@FUZZ
+@given(lines=st.lists(st.one_of(raw_documents, mutations(RECORD)), max_size=4))
+def test_metrics_reader_keeps_only_records_it_can_show(tmp_path_factory, lines):
+    from pixdeploy.training import METRIC_FIGURES, read_metrics
+
+    path = tmp_path_factory.mktemp("run") / "metrics.jsonl"
+    path.write_bytes(b"\n".join([*lines, dumped(RECORD)]))
+    records = read_metrics(path)
+    assert records[-1] == RECORD
+    for r in records:
+        assert isinstance(r, dict) and isinstance(r.get("step", 0), int) and r.get("step", 0) >= 0
+        for k in METRIC_FIGURES:
+            assert math.isfinite(r.get(k, 0.0)) and f"{r.get(k, 0.0):.4f}"  # as `train` prints a summary

@@ -371,6 +371,9 @@ def check_report(doc: object) -> None:
     gpus = need(m, "gpus", "a list", where="machine")
     if not all(isinstance(g, str) for g in gpus):
         raise BadJson("field 'machine.gpus' is not a list of strings")
+    libraries = need(doc, "libraries", "an object", default={})
+    if not all(isinstance(v, str) for v in libraries.values()):
+        raise BadJson("field 'libraries' is not an object of version strings")
     for i, row in enumerate(need(doc, "rows", "a list")):
         where = f"rows[{i}]"
         if not isinstance(row, dict):
@@ -438,4 +441,9 @@ def compare_table(changes: list[Change], new: dict, old: dict) -> str:
         for when, report in (("before", old), ("now", new)):  # the old report's strings are untrusted text
             m = report["machine"]
             lines.append(printable(f"  {when}: {m['cpu']}, {m['cores']} cores" + "".join(f", {g}" for g in m["gpus"])))
+    before, now = old.get("libraries", {}), new.get("libraries", {})
+    changed = [f"{k} {before.get(k, '-')} -> {now.get(k, '-')}" for k in sorted(before.keys() | now.keys())
+               if before.get(k) != now.get(k)]
+    if changed:
+        lines.append(printable("note: library versions differ: " + ", ".join(changed)))
     return "\n".join(lines)

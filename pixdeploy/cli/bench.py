@@ -83,7 +83,7 @@ def bench(bundle, variant, backend, device, stages, batches, contexts, new_token
     )
     click.echo(table(report))
     if json_out is not None:
-        with staged_file(json_out, echo=lambda m: click.echo(m, err=True)) as tmp:
+        with staged_file(json_out, echo=lambda m: click.echo(printable(m), err=True)) as tmp:
             tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
         click.echo(printable(f"wrote {json_out}"))
     if old is not None:

@@ -340,12 +340,14 @@ def test_bench_compare_prints_the_other_machine_escaped(bench_report, tmp_path):
     old = json.loads(json.dumps(bench_report))
     old["machine"]["cpu"] = "\x1b]0;owned\x07Fake CPU"
     old["created"] = "\x1b[2J2020-01-01"
+    old["libraries"]["onnxruntime"] = "1.0\x1b[H"
     (tmp_path / "old.json").write_text(json.dumps(old))
     result = CliRunner().invoke(main, ["bench", str(bench_report["bundle"]["path"]), "--stage", "encoder",
                                        "--batch", "1", "--iters", "5", "--compare", str(tmp_path / "old.json")])
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert "before: \\x1b]0;owned\\x07Fake CPU" in result.output and "(\\x1b[2J2020-01-01)" in result.output
+    assert "library versions differ: onnxruntime 1.0\\x1b[H -> " in result.output
 
 
 # ---- a run's metrics.jsonl (read back by train --resume) --------------------------------------------------

@@ -272,6 +272,24 @@ def test_a_calibration_cache_it_accepts_onnxruntime_reads(tmp_path_factory, doc)
             assert math.isfinite(float(low.min())) and math.isfinite(float(high.max())) and (low <= high).all()
 
 
+@pytest.mark.parametrize("doc", [b"[" * 100_000 + b"]" * 100_000,
+                                 b'{"format": "pixdeploy-calibration", "version": 1, "images": NaN}',
+                                 b"\xff\xfe{}", b"[]"], ids=["deep", "nan", "utf16", "list"])
+def test_quantize_refuses_a_bad_calibration_cache_in_one_error_line(tiny_bundle, tmp_path, doc):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (tmp_path / "calib.json").write_bytes(doc)
+    result = CliRunner().invoke(main, ["quantize", str(bundle), "--precision", "int8", "--target", "tensorrt",
+                                       "--calib-cache", str(tmp_path / "calib.json")])
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), repr(result.exception)
+    last = result.output.strip().splitlines()[-1]  # after quantize's line saying what it makes
+    assert result.exit_code == 1 and last.startswith("error: ") and str(tmp_path / "calib.json") in last, result.output
+    def files(folder):  # quantize leaves an empty variants/ folder behind (export/quantize.py), no file
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+    assert files(bundle) == files(tiny_bundle)
+
+
 # ---- bench --compare reports ----------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from pixdeploy.runtime.backends import Runner
 
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import staged_file
+from pixdeploy.jsonfile import BadJson, brief, load_json, need
 
 CACHE_FORMAT = "pixdeploy-calibration"
 CACHE_VERSION = 1
@@ -129,25 +130,36 @@ class CalibrationCache:
 
     @classmethod
     def load(cls, path: Path, expected: dict[str, str]) -> CalibrationCache:
-        """Read a cache and check it belongs to the graphs with sha256 ``expected`` (graph -> sha256)."""
+        """Read a cache and check it belongs to the graphs with sha256 ``expected`` (graph -> sha256) and
+        holds, for each, ranges onnxruntime can read: a finite lowest and highest per tensor."""
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise CalibrationError(f"calibration cache {path} is unreadable ({e})") from None
+            data = load_json(path)
+        except OSError as e:
+            raise CalibrationError(f"calibration cache {path} is unreadable ({e.strerror or e})") from None
+        except BadJson as e:
+            raise CalibrationError(f"calibration cache {path} is unreadable: {e}") from None
         if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
             raise CalibrationError(f"{path} is not a pixdeploy calibration cache")
-        if data.get("version") != CACHE_VERSION:
-            raise CalibrationError(f"calibration cache {path} has version {data.get('version')}; "
+        version = data.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version != CACHE_VERSION:
+            raise CalibrationError(f"calibration cache {path} has version {brief(version)}; "
                                    f"this pixdeploy reads version {CACHE_VERSION} (delete it to recalibrate)")
-        graphs = data.get("graphs")
-        if not isinstance(graphs, dict):
-            raise CalibrationError(f"calibration cache {path} is damaged (no graphs)")
+        try:
+            graphs = need(data, "graphs", "an object")
+            images = need(data, "images", "an integer", default=0)
+            source = need(data, "source", "a string", default="")
+        except BadJson as e:
+            raise CalibrationError(f"calibration cache {path} is damaged: {e}") from None
         for name, sha in expected.items():
             entry = graphs.get(name)
-            if not isinstance(entry, dict) or entry.get("sha256") != sha or not isinstance(entry.get("ranges"), dict):
+            if not isinstance(entry, dict) or entry.get("sha256") != sha:
                 raise CalibrationError(f"calibration cache {path} belongs to another model (its {name} graph "
                                        f"differs); delete it or give another --calib-cache")
-        return cls(graphs, int(data.get("images", 0)), str(data.get("source", "")))
+            try:
+                check_ranges(need(entry, "ranges", "an object", where=name), name)
+            except BadJson as e:
+                raise CalibrationError(f"calibration cache {path} is damaged: {e}; delete it to recalibrate") from None
+        return cls(graphs, images, source)
 
     def save(self, path: Path, echo=None) -> None:
         data = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "images": self.images, "source": self.source,
@@ -160,6 +172,47 @@ class CalibrationCache:
         path = Path(folder) / f"{graph}.calibration.json"
         path.write_text(json.dumps(self.graphs[graph]["ranges"]), encoding="utf-8")
         return path
+
+
+MINMAX = {"CLS": "CalibrationMethod", "value": "CalibrationMethod.MinMax"}  # how measure_ranges calibrates
+RANGE_KEYS = {"CLS", "lowest", "highest"}  # a MinMax TensorData as onnxruntime's cache encoder writes it
+FLOAT_MAX = {"float32": 3.4028234663852886e38, "float16": 65504.0}
+
+
+def check_ranges(ranges: dict, graph: str) -> None:
+    """``BadJson`` unless ``ranges`` is what `measure_ranges` writes and onnxruntime's `load_tensors_data`
+    reads back: MinMax ranges, each tensor's ``lowest`` <= ``highest``, finite (a number or a float32 /
+    float16 array of numbers of one length)."""
+    at = f"{graph}.ranges"
+    tensors = need(ranges, "data", "an object", where=at)
+    if ranges.get("calibration_method") != MINMAX:
+        raise BadJson(f"field '{at}.calibration_method' is {brief(ranges.get('calibration_method'))}, not MinMax")
+    if ranges.get("smooth_quant", False) is not False:
+        raise BadJson(f"field '{at}.smooth_quant' is set; these ranges were measured without SmoothQuant")
+    if not tensors:
+        raise BadJson(f"field '{at}.data' holds no tensors")
+    for tensor, entry in tensors.items():
+        where = f"{at}.data.{tensor}"
+        if not isinstance(entry, dict) or not set(entry) <= RANGE_KEYS:
+            raise BadJson(f"field {where!r} is {brief(entry)}, not a tensor's lowest and highest")
+        ends = []
+        for end in ("lowest", "highest"):
+            value = need(entry, end, "a number", "an object", where=where)
+            if isinstance(value, dict):
+                dtype = value.get("dtype")
+                if value.get("CLS") != "numpy.array" or not isinstance(dtype, str) or dtype not in FLOAT_MAX:
+                    raise BadJson(f"field '{where}.{end}' is not a float array")
+                value = need(value, "data", "a number", "a list", where=f"{where}.{end}")
+            else:
+                dtype = "float32"  # onnxruntime reads a plain number as float32
+            numbers = value if isinstance(value, list) else [value]
+            if not numbers or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                      and abs(v) <= FLOAT_MAX[dtype] for v in numbers):
+                raise BadJson(f"field '{where}.{end}' is not a {dtype} number or list of them")
+            ends.append(numbers)
+        low, high = ends
+        if len(low) != len(high) or any(lo > hi for lo, hi in zip(low, high)):
+            raise BadJson(f"field {where!r} has a lowest above its highest, or of another length")
 
 
 def measure_ranges(graph_path: Path, feeds: Iterable[dict], op_types: list[str], progress=None) -> dict:

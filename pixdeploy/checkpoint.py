@@ -25,11 +25,13 @@ from safetensors.torch import load_file, save_file
 from pixdeploy.config import ModelConfig
 from pixdeploy.errors import CheckpointError, PixdeployError
 from pixdeploy.files import clean_stale, replace_dir, sha256, temp_path
+from pixdeploy.jsonfile import BadJson, brief, inside, load_json, need
 from pixdeploy.tokenizer import Tokenizer
 
 FORMAT = "pixdeploy-checkpoint"
 VERSION = 1
 CKPT_DIR, OLD_DIR = "checkpoint", ".checkpoint.old"
+REQUIRED = ("model.safetensors", "tokenizer.json")  # listed in meta.json's files by every checkpoint
 
 
 def save_checkpoint(out: Path, model_state: dict, cfg: ModelConfig, tok: Tokenizer, step: int,
@@ -73,31 +75,55 @@ class Checkpoint:
             raise CheckpointError(f"no pixdeploy checkpoint at {path} (expected meta.json)")
         self.path = found
         try:
-            meta = json.loads((found / "meta.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"damaged checkpoint {found}: meta.json unreadable ({e})") from None
+            meta = load_json(found / "meta.json")
+        except OSError as e:
+            raise CheckpointError(f"damaged checkpoint {found}: meta.json unreadable ({e.strerror or e})") from None
+        except BadJson as e:
+            raise CheckpointError(f"damaged checkpoint {found}: meta.json unreadable: {e}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CheckpointError(f"{found} is not a pixdeploy checkpoint")
-        if meta.get("version") != VERSION:
-            raise CheckpointError(f"checkpoint {found} has format version {meta.get('version')}; "
+        version = meta.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version != VERSION:
+            raise CheckpointError(f"checkpoint {found} has format version {brief(version)}; "
                                   f"this pixdeploy reads version {VERSION}")
-        for name, digest in meta.get("files", {}).items():
-            f = found / name
+        try:
+            # Every file meta.json names is checked to stay inside the checkpoint, through no symlink,
+            # before any of them is opened.
+            files = need(meta, "files", "an object")
+            for name in REQUIRED:
+                if name not in files:
+                    raise BadJson(f"does not list {name}")
+            self._files = {name: inside(found, name) for name in files}
+            digests = {name: need(files, name, "a string", where="files") for name in files}
+            step = need(meta, "step", "an integer", default=0)
+            if step < 0:
+                raise BadJson(f"field 'step' is {step}, not a count of steps")
+            config = need(meta, "config", "an object")
+        except BadJson as e:
+            raise CheckpointError(f"damaged checkpoint {found}: meta.json {e}") from None
+        for name, digest in digests.items():
+            f = self._files[name]
             if not f.is_file():
                 raise CheckpointError(f"damaged checkpoint {found}: {name} is missing")
             if sha256(f) != digest:
                 raise CheckpointError(f"damaged checkpoint {found}: {name} does not match its checksum")
         try:
-            self.config = ModelConfig.from_dict(meta["config"])
-            self.tokenizer = Tokenizer.load(found / "tokenizer.json")
+            self.config = ModelConfig.from_dict(config)
+            self.tokenizer = Tokenizer.load(self._files["tokenizer.json"])
         except (KeyError, TypeError, PixdeployError) as e:
             raise CheckpointError(f"damaged checkpoint {found}: {e}") from None
-        self.step = int(meta.get("step", 0))
+        self.step = step
         self.meta = meta
+
+    def _file(self, name: str) -> Path:
+        """A file of the checkpoint that meta.json lists (and so was checked and checksummed)."""
+        if name not in self._files:
+            raise CheckpointError(f"damaged checkpoint {self.path}: meta.json does not list {name}")
+        return self._files[name]
 
     def _load(self, name: str) -> dict:
         try:
-            return load_file(self.path / name)
+            return load_file(self._file(name))
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"damaged checkpoint {self.path}: {name}: {e}") from None
 
@@ -105,21 +131,45 @@ class Checkpoint:
         return self._load("model.safetensors")
 
     def has_train_state(self) -> bool:
-        return (self.path / "train_state.safetensors").is_file()
+        return "train_state.safetensors" in self._files
 
     def train_state(self) -> tuple[dict, dict]:
         if not self.has_train_state():
             raise CheckpointError(f"checkpoint {self.path} has no training state to resume from")
-        return self._load("train_state.safetensors"), json.loads((self.path / "train_state.json").read_text())
+        try:
+            state = load_json(self._file("train_state.json"))
+            if not isinstance(state, dict):
+                raise BadJson("is not an object")
+            groups = need(state, "param_groups", "a list")
+            if not groups or not all(isinstance(g, dict) for g in groups):
+                raise BadJson("field 'param_groups' is not a list of objects")
+            need(state, "scaler", "an object", default=None)
+        except OSError as e:
+            raise CheckpointError(f"damaged checkpoint {self.path}: train_state.json unreadable "
+                                  f"({e.strerror or e})") from None
+        except BadJson as e:
+            raise CheckpointError(f"damaged checkpoint {self.path}: train_state.json {e}") from None
+        return self._load("train_state.safetensors"), state
 
     def load_model(self, device="cpu"):
         from pixdeploy.model import PixTokenLM
 
-        model = PixTokenLM(self.config)
-        missing, unexpected = model.load_state_dict(self.model_state(), strict=False)
+        # meta.json's config is not checksummed: check it against the weights' shapes on the meta device
+        # (nothing allocated) before building the model it describes, which may be of any size.
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in PixTokenLM(self.config).state_dict().items()}
+        state = self.model_state()
+        missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
         if missing or unexpected:
             raise CheckpointError(f"checkpoint {self.path} does not fit its config "
                                   f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+        wrong = sorted(k for k in expected if tuple(state[k].shape) != expected[k])
+        if wrong:
+            k = wrong[0]
+            raise CheckpointError(f"checkpoint {self.path} does not fit its config: {len(wrong)} tensor(s) of "
+                                  f"another shape ({k}: {tuple(state[k].shape)}, the config makes {expected[k]})")
+        model = PixTokenLM(self.config)
+        model.load_state_dict(state)
         return model.to(device).eval()
 
 

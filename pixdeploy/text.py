@@ -1,20 +1,40 @@
-"""Text from untrusted artifacts (bundles, checkpoints, reports), made safe to print on a terminal."""
+"""Text from files a user did not write, made safe to print.
+
+A bundle's producer, an engine header, a checkpoint's meta.json, a bench report, a file name, a model's
+generated text: any of them may hold control characters, and a terminal obeys those (ESC sequences set
+the window title, clear the screen, move the cursor; a newline forges a line of output; U+202E reverses
+what follows). ``printable`` escapes everything that is not printable text, so what reaches the
+terminal, or a pipe read by one later, is what the file said, shown. Torch-free.
+"""
 
 from __future__ import annotations
 
-import unicodedata
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def printable(text: str) -> str:
-    """``text`` with control and other non-printing characters escaped (``\\x1b``, ``\\u202e``): an escape
-    sequence read from a file must not set a terminal's title, move its cursor or clear its screen, and a
-    message stays one line. Bytes of a file name that are not UTF-8 are shown as U+FFFD."""
-    text = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # undecodable file names
+def printable(text: object) -> str:
+    """``text`` (``str()`` of it) with every character that is not printable escaped, plain space kept:
+    C0 controls, DEL and C1 controls as ``\\x1b``, newline, carriage return and tab as ``\\n``, ``\\r``,
+    ``\\t``, other non-printables (format characters such as U+202E, separators other than space,
+    unassigned code points) as ``\\u202e`` or ``\\U000e0001``. An undecodable byte of a file name (a
+    surrogate escape, U+DC80..U+DCFF) is shown as the byte, ``\\xe9``."""
+    s = str(text)
+    if s.isprintable():
+        return s
     out = []
-    for ch in text:
-        if ch == " " or (ch.isprintable() and unicodedata.category(ch) not in ("Cf", "Zl", "Zp")):
+    for ch in s:
+        if ch.isprintable():
             out.append(ch)
+            continue
+        code = ord(ch)
+        if ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's escape of the byte code - 0xDC00
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
         else:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+            out.append(f"\\U{code:08x}")
     return "".join(out)

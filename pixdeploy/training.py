@@ -31,6 +31,7 @@ from pixdeploy.config import ModelConfig
 from pixdeploy.data import BatchStream, Example, holdout_split, load_data, make_loader, require_readable
 from pixdeploy.errors import CheckpointError, PixdeployError
 from pixdeploy.files import clean_stale, staged_file
+from pixdeploy.jsonfile import BadJson, loads
 from pixdeploy.model import PixTokenLM, split_losses
 from pixdeploy.tokenizer import Tokenizer
 
@@ -161,17 +162,27 @@ def evaluate(model, examples, tok, cfg, tc, d: Dist, autocast) -> dict:
     return res
 
 
+METRIC_FIGURES = ("loss", "eval_pixel_loss", "eval_word_loss", "pixel_tokens_per_s")  # what a summary shows
+
+
 def read_metrics(path: Path) -> list[dict]:
-    """The records of a run's metrics.jsonl; a line cut short by a kill is dropped."""
+    """The records of a run's metrics.jsonl. A line that is not a record this module wrote (cut short by a
+    kill, edited, not UTF-8, a step that is not a count, a figure that is not a finite number) is dropped."""
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            record = json.loads(line)
-        except ValueError:
+            record = loads(line)
+        except BadJson:
             continue
-        if isinstance(record, dict):
+        if not isinstance(record, dict):
+            continue
+        step = record.get("step", 0)
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            continue
+        if all(isinstance(record.get(k, 0.0), (int, float)) and not isinstance(record.get(k, 0.0), bool)
+               for k in METRIC_FIGURES):
             records.append(record)
     return records
 

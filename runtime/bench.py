@@ -33,6 +33,8 @@ from tqdm import tqdm
 
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import sha256
+from pixdeploy.jsonfile import BadJson, brief, load_json, need
+from pixdeploy.text import printable
 
 STAGES = ("encoder", "prefill", "decode", "generate")
 DEFAULT_CONTEXTS = (32, 128, 256, 512)  # decode context lengths, kept where the bundle's context holds them
@@ -354,12 +356,63 @@ def same_machine(a: dict, b: dict) -> bool:
     return all(a.get("machine", {}).get(k) == b.get("machine", {}).get(k) for k in keys)
 
 
+def check_report(doc: object) -> None:
+    """``BadJson`` unless ``doc`` is a bench report with every field `compare` reads of the right kind: a
+    figure is a finite positive number (NaN passes every comparison, so a NaN baseline could never fail)."""
+    if not isinstance(doc, dict) or doc.get("format") != REPORT_FORMAT:
+        raise BadJson("is not a pixdeploy bench report")
+    version = need(doc, "format_version", "an integer")
+    if version != REPORT_VERSION:
+        raise BadJson(f"has format version {version}; this pixdeploy reads version {REPORT_VERSION}")
+    need(doc, "created", "a string", default=None)
+    m = need(doc, "machine", "an object")
+    need(m, "cpu", "a string", where="machine")
+    need(m, "cores", "an integer", "null", where="machine")
+    gpus = need(m, "gpus", "a list", where="machine")
+    if not all(isinstance(g, str) for g in gpus):
+        raise BadJson("field 'machine.gpus' is not a list of strings")
+    libraries = need(doc, "libraries", "an object", default={})
+    if not all(isinstance(v, str) for v in libraries.values()):
+        raise BadJson("field 'libraries' is not an object of version strings")
+    for i, row in enumerate(need(doc, "rows", "a list")):
+        where = f"rows[{i}]"
+        if not isinstance(row, dict):
+            raise BadJson(f"{where} is {brief(row)}, not an object")
+        need(row, "stage", "a string", where=where)
+        need(row, "impl", "a string", where=where)
+        need(row, "batch", "an integer", where=where)
+        need(row, "context", "an integer", "null", where=where)
+        need(row, "p50_ms", "a positive number", where=where)
+        speedup = need(row, "speedup_vs_eager", "an object", default=None, where=where)
+        if speedup is not None:
+            need(speedup, "p50", "a positive number", where=f"{where}.speedup_vs_eager")
+
+
+def read_report(path: Path) -> dict:
+    """A bench report from a file, checked as `check_report` does; one `PixdeployError` naming the file."""
+    try:
+        doc = load_json(path)
+    except FileNotFoundError:
+        raise PixdeployError(f"{path}: no such file") from None
+    except OSError as e:
+        raise PixdeployError(f"{path}: not a readable bench report ({e.strerror or e})") from None
+    except BadJson as e:
+        raise PixdeployError(f"{path}: not a readable bench report: {e}") from None
+    try:
+        check_report(doc)
+    except BadJson as e:
+        raise PixdeployError(f"{path} {e}" if str(e).startswith("is not") else f"{path}: bench report {e}") from None
+    return doc
+
+
 def compare(new: dict, old: dict, margin: float) -> list[Change]:
     """Every figure present in both reports: p50 latency per row, and the ratio to eager where both have it.
     A figure regressed when it is worse than the old one by more than ``margin`` (0.2 = 20%). Latencies
     from another machine are shown but never count as regressed: only same-run ratios travel."""
-    if not isinstance(old, dict) or old.get("format") != REPORT_FORMAT:
-        raise PixdeployError("not a pixdeploy bench report")
+    try:
+        check_report(old)
+    except BadJson as e:
+        raise PixdeployError(f"not a pixdeploy bench report: {e}") from None
     gate_latency = same_machine(new, old)
     before = {row_key(r): r for r in old.get("rows", [])}
     out = []
@@ -385,4 +438,12 @@ def compare_table(changes: list[Change], new: dict, old: dict) -> str:
     if not same_machine(new, old):
         lines.append("note: the runs are from different machines: latencies are shown, "
                      "only ratios to eager can regress")
+        for when, report in (("before", old), ("now", new)):  # the old report's strings are untrusted text
+            m = report["machine"]
+            lines.append(printable(f"  {when}: {m['cpu']}, {m['cores']} cores" + "".join(f", {g}" for g in m["gpus"])))
+    before, now = old.get("libraries", {}), new.get("libraries", {})
+    changed = [f"{k} {before.get(k, '-')} -> {now.get(k, '-')}" for k in sorted(before.keys() | now.keys())
+               if before.get(k) != now.get(k)]
+    if changed:
+        lines.append(printable("note: library versions differ: " + ", ".join(changed)))
     return "\n".join(lines)

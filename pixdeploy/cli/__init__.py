@@ -14,7 +14,7 @@ import click
 
 from pixdeploy import __version__
 from pixdeploy.errors import PixdeployError
-from pixdeploy.text import printable  # noqa: F401 -- the CLI's one way to print artifact text
+from pixdeploy.text import printable  # every line naming a path or quoting a file goes through it
 
 # Optional heavy dependencies and the extra that installs each (a runtime-only install has none).
 EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "onnxruntime": "onnx", "sklearn": "train"}
@@ -45,6 +45,11 @@ class Group(click.Group):
             where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
             click.secho(printable(f"error: {e.format_message()}{where}"), fg="red", err=True)
             sys.exit(e.exit_code)
+
+
+def echo_line(text: str, err: bool = False) -> None:
+    """One line of progress from the library (it names paths, files, data): printed escaped."""
+    click.echo(printable(text), err=err)
 
 
 @click.group(cls=Group)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import image_list, main
+from pixdeploy.cli import image_list, main, printable
 from pixdeploy.errors import PixdeployError
 
 
@@ -40,15 +40,6 @@ def int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def read_report(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PixdeployError(f"{path}: no such file") from None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise PixdeployError(f"{path}: not a readable bench report ({e})") from None
-
-
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--variant", default="fp32", show_default=True, help="Precision variant of the bundle.")
@@ -76,11 +67,9 @@ def bench(bundle, variant, backend, device, stages, batches, contexts, new_token
           baseline, json_out, compare_with, margin):
     """Time a bundle stage by stage: p50/p90/p99, throughput, peak memory; ratios to PyTorch eager with --baseline."""
     from pixdeploy.files import staged_file
-    from pixdeploy.runtime.bench import STAGES, compare, compare_table, run_bench, table
+    from pixdeploy.runtime.bench import STAGES, compare, compare_table, read_report, run_bench, table
 
     old = read_report(compare_with) if compare_with else None  # refuse a bad file before the long part
-    if old is not None and (not isinstance(old, dict) or old.get("format") != "pixdeploy-bench"):
-        raise PixdeployError(f"{compare_with} is not a pixdeploy bench report")
     if json_out is not None and (json_out.is_dir() or not json_out.parent.is_dir()):
         raise PixdeployError(f"{json_out}: give a file path in an existing folder")
     if baseline is not None and not baseline.exists():
@@ -94,12 +83,12 @@ def bench(bundle, variant, backend, device, stages, batches, contexts, new_token
     )
     click.echo(table(report))
     if json_out is not None:
-        with staged_file(json_out, echo=lambda m: click.echo(m, err=True)) as tmp:
+        with staged_file(json_out, echo=lambda m: click.echo(printable(m), err=True)) as tmp:
             tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-        click.echo(f"wrote {json_out}")
+        click.echo(printable(f"wrote {json_out}"))
     if old is not None:
         changes = compare(report, old, margin / 100)
-        click.echo(f"\nagainst {compare_with} ({old.get('created', '?')}):")
+        click.echo("\n" + printable(f"against {compare_with} ({old.get('created') or '?'}):"))
         click.echo(compare_table(changes, report, old))
         bad = [c for c in changes if c.regressed]
         if bad:

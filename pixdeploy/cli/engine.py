@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import main
+from pixdeploy.cli import echo_line, main, printable
 from pixdeploy.errors import PixdeployError
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -43,5 +43,5 @@ def build_engine(bundle, variant, max_batch, workspace, timing_cache, version_co
     folder = build_engines(bundle, variant=variant, max_batch=max_batch,
                            workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
                            version_compatible=version_compatible, plugins=tuple(plugins), out=out, force=force,
-                           echo=lambda line: click.echo(line, err=True))
-    click.echo(f"engines: {folder}")
+                           echo=lambda line: echo_line(line, err=True))
+    click.echo(f"engines: {printable(folder)}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import image_list, main
+from pixdeploy.cli import echo_line, image_list, main, printable
 from pixdeploy.errors import PixdeployError
 from pixdeploy.export.profiles import DEFAULT_PROFILE, PROFILES  # plain data: no torch or onnx
 
@@ -25,9 +25,9 @@ def export_cmd(checkpoint, out, parity_images, force, target):
     from pixdeploy.export.bundle import export_bundle
 
     images = image_list(parity_images, read=True) if parity_images else None
-    bundle, result = export_bundle(checkpoint, out, images=images, force=force, echo=click.echo, target=target)
+    bundle, result = export_bundle(checkpoint, out, images=images, force=force, echo=echo_line, target=target)
     click.echo(result.table())
-    click.echo(f"bundle: {bundle.path}")
+    click.echo(f"bundle: {printable(bundle.path)}")
 
 
 @main.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import image_list, main
+from pixdeploy.cli import echo_line, image_list, main, printable
 
 
 @main.command()
@@ -34,6 +34,6 @@ def quantize(bundle, precision, target, calib, calib_count, calib_cache, checkpo
     images = image_list(parity_images) if parity_images else None
     b, result = quantize_bundle(bundle, precision, target, checkpoint=checkpoint, calib=calib, calib_count=calib_count,
                                 calib_cache=calib_cache, parity_images=images, steps=steps, force=force,
-                                echo=click.echo)
+                                echo=echo_line)
     click.echo(result.table())
-    click.echo(f"bundle: {b.path} (variants: {', '.join(b.variants)})")
+    click.echo(printable(f"bundle: {b.path} (variants: {', '.join(b.variants)})"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import FiniteFloat, main, parse_overrides
+from pixdeploy.cli import FiniteFloat, main, parse_overrides, printable
 from pixdeploy.config import PRESETS
 
 
@@ -62,7 +62,7 @@ def train(preset, overrides, data, eval_data, image_root, allow_outside_root, da
     tc = TrainConfig(**kw)
     summary = run_training(data, out, cfg, tc, resume=resume, eval_data=eval_data, image_root=image_root,
                            data_kind=data_kind, allow_outside_root=allow_outside_root,
-                           echo=lambda line: click.echo(line, err=True))
+                           echo=lambda line: click.echo(printable(line), err=True))
     report_training(summary)
     _finish_distributed()
 
@@ -80,17 +80,17 @@ def report_training(summary: dict) -> None:
         click.echo(f"run already complete at step {summary['step']} (--steps {summary['steps_asked']}): nothing "
                    f"to train; pass a larger --steps to continue it")
         click.echo(f"step {summary['step']}: {losses}; {summary['params']:,} parameters")
-        click.echo(f"checkpoint: {summary['checkpoint']}")
+        click.echo(f"checkpoint: {printable(summary['checkpoint'])}")
         return
     click.echo(f"step {summary.get('step', 0)}: {losses}; {summary['pixel_tokens_per_s']:,.0f} pixel tokens/s; "
                f"{summary['params']:,} parameters; {summary['processes']} process(es)")
     if summary["skipped"]:
         click.echo(f"skipped {len(summary['skipped'])} unreadable file(s) or unusable line(s):", err=True)
         for line in summary["skipped"][:10]:
-            click.echo(f"  {line}", err=True)
+            click.echo(f"  {printable(line)}", err=True)  # file names and lines of the data
         if len(summary["skipped"]) > 10:  # counted in full, listed in part
             click.echo(f"  ... and {len(summary['skipped']) - 10} more", err=True)
-    click.echo(f"checkpoint: {summary['checkpoint']}")
+    click.echo(f"checkpoint: {printable(summary['checkpoint'])}")
 
 
 @main.command()

@@ -255,6 +255,15 @@ def truncated_weights_matching_sum(ck: Path):
     recompute_checkpoint_sums(ck)
 
 
+def edit_meta(edit):
+    def damage(ck: Path):
+        meta = json.loads((ck / "meta.json").read_text())
+        edit(meta)
+        (ck / "meta.json").write_text(json.dumps(meta))
+
+    return damage
+
+
 def user_folder(case: Path, g: Good) -> Path:
     d = case / "notes"
     write(d / "todo.md", "my notes\n")
@@ -342,6 +351,12 @@ CHECKPOINT_INPUTS = [
     ("weights truncated", damaged_checkpoint(truncate("model.safetensors", 200)), r"does not match its checksum", 1),
     ("weights truncated, sums match", damaged_checkpoint(truncated_weights_matching_sum),
      r"damaged checkpoint .*model\.safetensors", 1),
+    ("config of another size", damaged_checkpoint(edit_meta(lambda m: m["config"].update(mlp_hidden=128))),
+     r"does not fit its config: \d+ tensor\(s\) of another shape", 1),
+    ("file outside", damaged_checkpoint(edit_meta(lambda m: m["files"].update({"../../x": "0" * 64}))),
+     r"meta\.json names '\.\./\.\./x', a path outside its folder", 1),
+    ("step a string", damaged_checkpoint(edit_meta(lambda m: m.update(step="12"))),
+     r"meta\.json field 'step' is '12', not an integer", 1),
 ]
 DATA_INPUTS = [
     ("missing", lambda c, g: c / "nope", r"data path not found: .*nope", 1),

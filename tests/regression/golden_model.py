@@ -5,7 +5,10 @@ Goldens change only through the regeneration command (after a change meant to al
     python tests/regression/golden_model.py [fp32 fp16 int8-cpu]
 
 which exports the model afresh, runs the bundle and overwrites `goldens/<variant>.npz` (numpy arrays,
-no pickle) and `goldens/<variant>.json` (what produced them).
+no pickle) and `goldens/<variant>.json` (what produced them, the CPU's instruction-set class among it).
+A variant whose numbers depend on that class (`PER_CPU_CLASS`: int8 kernels saturate on AVX2 and sum
+exactly with VNNI) has one golden per class, `goldens/<variant>.<class>.npz`; regenerating it writes (or
+adds) the golden of the class of the machine it runs on (`pixdeploy.cpu.cpu_class`).
 """
 
 from __future__ import annotations
@@ -59,10 +62,32 @@ def answers(pipe) -> dict[str, np.ndarray]:
     return {"embeddings": emb, "prefill_logits": logits, "greedy_tokens": tokens}
 
 
-def load(variant: str) -> tuple[dict[str, np.ndarray], dict]:
-    with np.load(GOLDENS / f"{variant}.npz", allow_pickle=False) as z:
+# Variants with one golden per CPU instruction-set class.
+PER_CPU_CLASS = ("int8-cpu",)
+
+
+def golden_stem(variant: str, cpu_class: str | None = None) -> str:
+    """The golden's file name without suffix: ``<variant>``, or ``<variant>.<class>`` (this CPU's class
+    unless ``cpu_class`` is given) for a variant in ``PER_CPU_CLASS``."""
+    if variant not in PER_CPU_CLASS:
+        return variant
+    if cpu_class is None:
+        from pixdeploy.cpu import cpu_class as this_class
+
+        cpu_class = this_class()
+    return f"{variant}.{cpu_class}"
+
+
+def recorded_classes(variant: str) -> list[str]:
+    """The CPU classes that have a golden of ``variant``."""
+    return sorted(p.name[len(variant) + 1 : -len(".npz")] for p in GOLDENS.glob(f"{variant}.*.npz"))
+
+
+def load(variant: str, cpu_class: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    stem = golden_stem(variant, cpu_class)
+    with np.load(GOLDENS / f"{stem}.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    return arrays, json.loads((GOLDENS / f"{variant}.json").read_text())
+    return arrays, json.loads((GOLDENS / f"{stem}.json").read_text())
 
 
 # The variants besides fp32 that have goldens, made by `pixdeploy quantize`'s own graph makers.
@@ -105,19 +130,49 @@ def regenerate(variant: str = "fp32") -> None:
     from pixdeploy.export.bundle import export_bundle
     from pixdeploy.runtime.bench import library_versions, machine
 
+    from pixdeploy.cpu import cpu_class
+
     with tempfile.TemporaryDirectory() as d:
         ck = make_checkpoint(Path(d) / "ckpt")
         bundle, _ = export_bundle(ck, Path(d) / "bundle", echo=lambda *_: None)
         got = answers(golden_pipeline(bundle.path, ck, variant))
     GOLDENS.mkdir(exist_ok=True)
-    with open(GOLDENS / f"{variant}.npz", "wb") as f:
+    stem = golden_stem(variant)
+    with open(GOLDENS / f"{stem}.npz", "wb") as f:
         np.savez(f, **got)
-    meta = {"variant": variant, "regenerate": REGENERATE, "machine": machine()["cpu"], "libraries": library_versions(),
-            "steps": STEPS, "seed": SEED}
-    (GOLDENS / f"{variant}.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {GOLDENS / variant}.npz and .json")
+    meta = {"variant": variant, "regenerate": REGENERATE, "machine": machine()["cpu"], "cpu_class": cpu_class(),
+            "libraries": library_versions(), "steps": STEPS, "seed": SEED}
+    (GOLDENS / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {GOLDENS / stem}.npz and .json")
 
 
 if __name__ == "__main__":
     for v in sys.argv[1:] or ["fp32", *QUANTIZED]:
         regenerate(v)
+
+
+def rescaled_int8_pipeline(bundle_path: Path, checkpoint: Path, factor: float, name: str):
+    """The int8-cpu graphs of ``golden_pipeline`` with every weight scale multiplied by ``factor``: the
+    integers stay, the dequantized weights come out ``factor`` times too large, as from a changed scale rule
+    (``0.5``: int8 weights given the scale of the uint8 range, max|w| / 255 instead of / 127.5)."""
+    import onnx
+    from onnx import numpy_helper
+    from pixdeploy.export.quantize import GRAPHS, VARIANTS_DIR, bundle_seeing
+    from pixdeploy.runtime import Bundle
+    from pixdeploy.runtime.pipeline import Pipeline
+
+    golden_pipeline(bundle_path, checkpoint, "int8-cpu")  # makes the int8 graphs once
+    bundle = Bundle(bundle_path)
+    source, folder = bundle.path / VARIANTS_DIR / "int8-cpu-golden", bundle.path / VARIANTS_DIR / name
+    folder.mkdir(parents=True)
+    for g in GRAPHS:
+        proto = onnx.load(str(source / f"{g}.onnx"))
+        weight_scales = {n.input[3].replace("_zero_point", "_scale") for n in proto.graph.node
+                         if n.op_type == "MatMulInteger"}
+        found = [t for t in proto.graph.initializer if t.name in weight_scales]
+        assert len(found) == len(weight_scales) > 0, f"{g}: weight scales not found"
+        for t in found:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(factor), t.name))
+        onnx.save(proto, str(folder / f"{g}.onnx"))
+    entry = {"precision": "int8", "graphs": {g: bundle.manifest["graphs"][g] for g in GRAPHS}}
+    return Pipeline(bundle_seeing(bundle, name, entry, folder), device="cpu", variant=name)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from pixdeploy.config import ModelConfig
 from pixdeploy.errors import CheckpointError, PixdeployError
-from pixdeploy.files import clean_stale, replace_dir, sha256, temp_path
+from pixdeploy.files import clean_stale, replace_dir, sha256, temp_path, write_error
 from pixdeploy.jsonfile import BadJson, brief, inside, load_json, need
 from pixdeploy.tokenizer import Tokenizer
 
@@ -41,17 +41,23 @@ def save_checkpoint(out: Path, model_state: dict, cfg: ModelConfig, tok: Tokeniz
     clean_stale(out / CKPT_DIR)  # left by a save that was killed mid-write (train reports them at start)
     tmp = temp_path(out / CKPT_DIR)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in model_state.items()}, tmp / "model.safetensors")
-    tok.save(tmp / "tokenizer.json")
-    if train_tensors is not None:
-        save_file({k: v.contiguous().cpu() for k, v in train_tensors.items()}, tmp / "train_state.safetensors")
-        (tmp / "train_state.json").write_text(json.dumps(train_json), encoding="utf-8")
-    files = sorted(p.name for p in tmp.iterdir())
-    meta = {"format": FORMAT, "version": VERSION, "step": step, "config": cfg.to_dict(),
-            "files": {name: sha256(tmp / name) for name in files}}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    replace_dir(tmp, out / CKPT_DIR, out / OLD_DIR)
+    try:
+        tmp.mkdir()
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in model_state.items()},
+                  tmp / "model.safetensors")
+        tok.save(tmp / "tokenizer.json")
+        if train_tensors is not None:
+            save_file({k: v.contiguous().cpu() for k, v in train_tensors.items()}, tmp / "train_state.safetensors")
+            (tmp / "train_state.json").write_text(json.dumps(train_json), encoding="utf-8")
+        files = sorted(p.name for p in tmp.iterdir())
+        meta = {"format": FORMAT, "version": VERSION, "step": step, "config": cfg.to_dict(),
+                "files": {name: sha256(tmp / name) for name in files}}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        replace_dir(tmp, out / CKPT_DIR, out / OLD_DIR)
+    except (OSError, SafetensorError) as e:  # a full disk above all: one line, the previous checkpoint kept
+        raise write_error(e, out / CKPT_DIR) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out / CKPT_DIR
 
 

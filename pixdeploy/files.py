@@ -57,6 +57,19 @@ def temp_path(final: Path, kind: str = "tmp") -> Path:
     return final.parent / f".{final.name}.{kind}-{os.getpid()}"
 
 
+def write_error(e: BaseException, path) -> PixdeployError:
+    """One line for a failed write that names the path and, when the disk is full, says so (numpy reports a
+    full disk as "N requested and M written", safetensors as a failed write of the whole buffer)."""
+    import errno
+
+    text = str(getattr(e, "strerror", None) or e)
+    full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "requested and" in text \
+        or "whole buffer" in text or "No space left" in text
+    if full:
+        return PixdeployError(f"cannot write {path}: no space left on the disk holding it; nothing was replaced")
+    return PixdeployError(f"cannot write {path}: {text}")
+
+
 def parse_temp(name: str) -> tuple[str, bool] | None:
     """For a writer's temporary ``.NAME.tmp-PID`` / ``.NAME.old-PID``: (NAME, whether its writer still runs);
     None for any other name."""
@@ -242,7 +255,7 @@ def staged_file(final: Path, echo: Callable[[str], None] | None = None) -> Itera
             os.fsync(f.fileno())
         os.replace(tmp, final)
     except OSError as e:
-        raise PixdeployError(f"cannot write {final}: {e.strerror or e}") from None
+        raise write_error(e, final) from None
     finally:
         tmp.unlink(missing_ok=True)
 

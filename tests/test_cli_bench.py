@@ -54,8 +54,12 @@ def test_bad_input_is_one_line(tiny_bundle, tmp_path):
     assert run(tiny_bundle, "--backend", "nope").output.strip().startswith("error: unknown backend 'nope'")
     trt = run(tiny_bundle, "--backend", "tensorrt")  # passed through to Pipeline.load; no TensorRT here
     assert trt.exit_code == 1 and len(trt.output.strip().splitlines()) == 1 and trt.output.startswith("error: ")
-    assert run(tiny_bundle, "--batch", "1,x").output.strip() == \
-        "error: --batch expects comma-separated integers, got '1,x'"
+    res = run(tiny_bundle, "--batch", "1,x")
+    assert res.exit_code == 2 and "'1,x' is not a list of comma-separated integers" in res.output
+    res = run(tiny_bundle, "--batch", "100000000")
+    assert res.exit_code == 2 and "every value must be within 1..65536" in res.output
+    res = run(tiny_bundle, "--json", tiny_bundle / "manifest.json")  # never over the bundle it measures
+    assert res.exit_code == 1 and "which this command reads" in res.output
     for margin in ("nan", "inf", "-5"):
         res = run(tiny_bundle, "--margin", margin)
         assert res.exit_code == 2 and "must be a finite number" in res.output

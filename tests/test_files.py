@@ -36,3 +36,38 @@ def test_a_held_lock_refuses_instead_of_waiting(tmp_path):
                 pass
     with try_lock(tmp_path, "busy"):  # released
         pass
+
+
+def test_a_full_disk_is_named_as_such_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    """What numpy and safetensors report on a full disk ("6912 requested and 3040 written", a failed write of
+    the whole buffer) becomes one line naming the path and the disk; the previous checkpoint is kept."""
+    import errno
+
+    import torch
+
+    import pixdeploy.checkpoint as checkpoint
+    from pixdeploy.config import preset
+    from pixdeploy.files import staged_file
+    from pixdeploy.model import PixTokenLM
+    from pixdeploy.tokenizer import Tokenizer
+
+    target = tmp_path / "v.npy"
+    with pytest.raises(PixdeployError, match=r"cannot write .*v\.npy: no space left on the disk holding it"):
+        with staged_file(target):
+            raise OSError("6912 requested and 3040 written")
+    assert list(tmp_path.iterdir()) == []
+
+    cfg = preset("tiny")
+    torch.manual_seed(0)
+    state, tok = PixTokenLM(cfg).state_dict(), Tokenizer.image_only()
+    checkpoint.save_checkpoint(tmp_path / "run", state, cfg, tok, step=1)
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(PixdeployError, match=r"run/checkpoint: no space left on the disk holding it"):
+        checkpoint.save_checkpoint(tmp_path / "run", state, cfg, tok, step=2)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before  # no .checkpoint.tmp-PID left
+    assert checkpoint.Checkpoint(tmp_path / "run").step == 1

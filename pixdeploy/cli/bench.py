@@ -30,14 +30,24 @@ class FiniteFloat(click.ParamType):
         return f
 
 
-def int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise PixdeployError(f"{what} expects comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise PixdeployError(f"{what} expects positive integers, got {text!r}")
-    return values
+MAX_LIST_VALUE = 1 << 16  # a batch or context past this is a typo, not a measurement (and would not fit memory)
+
+
+class IntList(click.ParamType):
+    """Comma-separated integers within 1..MAX_LIST_VALUE ("1,8"); refused like any other bad option value."""
+
+    name = "integers"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            values = [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a list of comma-separated integers", param, ctx)
+        if not values or min(values) < 1 or max(values) > MAX_LIST_VALUE:
+            self.fail(f"{value!r}: every value must be within 1..{MAX_LIST_VALUE}", param, ctx)
+        return values
 
 
 @main.command()
@@ -47,8 +57,9 @@ def int_list(text: str, what: str) -> list[int]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--stage", "stages", multiple=True, type=click.Choice(["encoder", "prefill", "decode", "generate"]),
               help="Stage to time (repeatable). Default: all four.")
-@click.option("--batch", "batches", default="1,8", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--contexts", default=None, help="Decode context lengths, comma-separated "
+@click.option("--batch", "batches", type=IntList(), default="1,8", show_default=True,
+              help="Batch sizes, comma-separated.")
+@click.option("--contexts", type=IntList(), default=None, help="Decode context lengths, comma-separated "
               "(default: 32,128,256,512 where the bundle's context holds them).")
 @click.option("--new-tokens", type=click.IntRange(min=1), default=16, show_default=True,
               help="Tokens generated per call of the generate stage.")
@@ -66,17 +77,21 @@ def int_list(text: str, what: str) -> list[int]:
 def bench(bundle, variant, backend, device, stages, batches, contexts, new_tokens, iters, warmup, image_paths,
           baseline, json_out, compare_with, margin):
     """Time a bundle stage by stage: p50/p90/p99, throughput, peak memory; ratios to PyTorch eager with --baseline."""
-    from pixdeploy.files import staged_file
+    from pixdeploy.files import check_not_inside, staged_file
     from pixdeploy.runtime.bench import STAGES, compare, compare_table, read_report, run_bench, table
 
     old = read_report(compare_with) if compare_with else None  # refuse a bad file before the long part
     if json_out is not None and (json_out.is_dir() or not json_out.parent.is_dir()):
         raise PixdeployError(f"{json_out}: give a file path in an existing folder")
+    if json_out is not None:
+        check_not_inside(json_out, bundle)  # a report must not land on the bundle it measures
+        if baseline is not None:
+            check_not_inside(json_out, baseline)
     if baseline is not None and not baseline.exists():
         raise PixdeployError(f"{baseline}: no such checkpoint")
     report = run_bench(
         bundle, variant=variant, backend=backend, device=device, stages=stages or STAGES,
-        batches=int_list(batches, "--batch"), contexts=int_list(contexts, "--contexts") if contexts else None,
+        batches=batches, contexts=contexts,
         new_tokens=new_tokens, iters=iters, warmup=warmup,
         images=image_list(image_paths) if image_paths else None, baseline=baseline,
         show_progress=True,

@@ -118,6 +118,7 @@ COMMANDS: dict[str, dict] = {
     },
     "bench": {
         "bundle": lambda v, g: ["bench", v, "--stage", "encoder", "--batch", "1", "--iters", "5", "--warmup", "1"],
+        "int": lambda v, g: ["bench", g.bundle, "--stage", "encoder", "--batch", v],
     },
     "triton": {
         "bundle": lambda v, g: ["triton", v, "-o", v.parent / "repo", "--backend", "python"],
@@ -392,7 +393,8 @@ OUT_FILE_INPUTS = [
 FLOAT_INPUTS = [(v, lambda c, g, v=v: v, r"is not a finite number", None)
                 for v in ("nan", "NaN", "inf", "-inf", "1e999")]
 # Numbers past an option's documented range are refused by the option itself, before any allocation.
-INT_INPUTS = [(v, lambda c, g, v=v: v, r"is not in the range|is not a valid integer", None)
+INT_INPUTS = [(v, lambda c, g, v=v: v, r"is not in the range|is not a valid integer|is not a list of comma-separated "
+               r"integers|must be within", None)
               for v in ("-1", "1e8", "99999999999999999999999", "nan")]
 
 INPUTS = {"image": IMAGE_INPUTS, "bundle": BUNDLE_INPUTS, "checkpoint": CHECKPOINT_INPUTS, "data": DATA_INPUTS,

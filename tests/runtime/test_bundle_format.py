@@ -197,3 +197,28 @@ def test_graphs_swapped_between_entries_are_refused_by_inspect_and_loading_alike
         Pipeline.load(b, device="cpu")
     res = CliRunner().invoke(main, ["inspect", str(b)])
     assert res.exit_code == 1 and "does not match its manifest entry" in res.output
+
+
+def test_a_graph_that_outputs_nan_is_refused_in_one_line_naming_it(tiny_bundle, tmp_path, photo):
+    """A weight turned NaN, checksums recomputed: generate and embed refuse instead of printing an empty answer
+    or writing NaN embeddings."""
+    import onnx
+    from pixdeploy.export.bundle import write_manifest
+
+    b = copy(tiny_bundle, tmp_path / "b")
+    proto = onnx.load(str(b / "image_encoder.onnx"))
+    init = next(i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 1)
+    values = onnx.numpy_helper.to_array(init).copy()
+    values[:] = np.nan
+    init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
+    onnx.save(proto, str(b / "image_encoder.onnx"))
+    m = json.loads((b / "manifest.json").read_text())
+    write_manifest(b, Bundle(b, verify=False).config, {k: m[k] for k in ("source", "parity", "export_profile")
+                                                       if k in m})
+    photo.save(tmp_path / "p.png")
+    for args in (["generate", str(b), str(tmp_path / "p.png")],
+                 ["embed", str(b), str(tmp_path / "p.png"), "-o", str(tmp_path / "v.npy")]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+        assert "image encoder of variant fp32" in res.output and "NaN or infinite" in res.output
+    assert not (tmp_path / "v.npy").exists()

@@ -157,8 +157,8 @@ def rescaled_int8_pipeline(bundle_path: Path, checkpoint: Path, factor: float, n
     (``0.5``: int8 weights given the scale of the uint8 range, max|w| / 255 instead of / 127.5)."""
     import onnx
     from onnx import numpy_helper
-    from pixdeploy.export.quantize import GRAPHS, VARIANTS_DIR, bundle_seeing
     from pixdeploy.runtime import Bundle
+    from pixdeploy.runtime.bundle import GRAPHS, VARIANTS_DIR, StagedVariant
     from pixdeploy.runtime.pipeline import Pipeline
 
     golden_pipeline(bundle_path, checkpoint, "int8-cpu")  # makes the int8 graphs once
@@ -174,5 +174,5 @@ def rescaled_int8_pipeline(bundle_path: Path, checkpoint: Path, factor: float, n
         for t in found:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(factor), t.name))
         onnx.save(proto, str(folder / f"{g}.onnx"))
-    entry = {"precision": "int8", "graphs": {g: bundle.manifest["graphs"][g] for g in GRAPHS}}
-    return Pipeline(bundle_seeing(bundle, name, entry, folder), device="cpu", variant=name)
+    entry = {"precision": "int8", "graphs": {g: {"file": f"{g}.onnx"} for g in GRAPHS}}
+    return Pipeline.open(StagedVariant(bundle, name, folder, folder).view(entry), device="cpu", variant=name)

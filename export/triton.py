@@ -342,6 +342,9 @@ def repository_for(bundle_path, repository, *, max_batch: int, instances: int, v
             return repository
         raise PixdeployError(f"{repository} holds a repository for another bundle or other options; remove it, "
                              "or rewrite it with `pixdeploy triton BUNDLE -o REPO --backend python --force`")
+    if repository.exists() or repository.is_symlink():  # serve has no --force: never suggest one
+        raise PixdeployError(f"--repository {repository} exists and is not a pixdeploy model repository; give a new "
+                             "folder (serve writes the repository there)")
     return write_repository(bundle_path, repository, backend="python", max_batch=max_batch, instances=instances,
                             variant=variant, echo=echo)
 

@@ -70,6 +70,8 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> 
                 raise ImageError(f"{path} is a folder, not an image")
             if path.is_symlink():  # exists() is False for a dangling link and for a loop alike
                 raise ImageError(f"image {path} is a broken symlink or a symlink loop")
+            if path.exists():  # a FIFO, socket or device: reading it could block or never end
+                raise ImageError(f"{path} is not a regular file (a pipe, socket or device), not an image")
             raise ImageError(f"image not found: {path}")
         if path.stat().st_size == 0:
             raise ImageError(f"image file is empty: {path}")

@@ -79,6 +79,17 @@ def _stop_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
+def check_port_free(host: str, port: int, option: str) -> None:
+    """Refuse a port another program listens on, before starting a server that would fail on it."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver binds: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise PixdeployError(f"port {port} on {host} is not free ({e.strerror or e}); choose another with "
+                                 f"{option}") from None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -121,6 +132,8 @@ class TritonServer:
     def start(self) -> TritonServer:
         if not self.repository.is_dir():
             raise PixdeployError(f"no model repository at {self.repository}")
+        for option, port in (("--port", self.http_port), ("--grpc-port", self.grpc_port)):
+            check_port_free(self.host, port, option)  # said in one line, not at the end of the server's log
         dist = triton_dist()
         self._workdir = Path(tempfile.mkdtemp(prefix="pixdeploy-triton-"))
         try:

@@ -90,3 +90,30 @@ def test_a_command_needing_torch_on_a_runtime_only_install_names_the_extra(tmp_p
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 1
     assert res.stderr.strip() == 'error: this command needs torch: pip install "pixdeploy[train]"'
+
+
+def test_ctrl_c_wrapped_by_a_library_is_still_one_interrupted_line():
+    """The ONNX exporter (and others) may turn Ctrl-C into an error of their own: it is still "interrupted"."""
+    from pixdeploy.cli import interrupted
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as k:
+            raise RuntimeError("exporter failed") from k
+    except RuntimeError as e:
+        assert interrupted(e)
+    assert not interrupted(RuntimeError("a bug"))
+
+    @main.command("raise-wrapped-interrupt", hidden=True)
+    def _cmd():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("exporter failed")  # implicit chain: __context__
+
+    try:
+        res = CliRunner().invoke(main, ["raise-wrapped-interrupt"])
+    finally:
+        main.commands.pop("raise-wrapped-interrupt")
+    assert res.exit_code == 130 and res.output.strip() == "interrupted"

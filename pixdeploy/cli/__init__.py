@@ -45,6 +45,35 @@ class Group(click.Group):
             where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
             click.secho(printable(f"error: {e.format_message()}{where}"), fg="red", err=True)
             sys.exit(e.exit_code)
+        except Exception as e:
+            if not interrupted(e):
+                raise
+            click.echo("interrupted", err=True)  # a library turned Ctrl-C into its own error (the ONNX exporter)
+            sys.exit(130)
+
+
+class PathArg(click.Path):
+    """A path argument or option (as a `Path`); an empty one is refused: '' would otherwise mean the current
+    folder, and a command would read or write there."""
+
+    def __init__(self, **kwargs):
+        super().__init__(path_type=Path, **kwargs)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path was given", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def interrupted(e: BaseException) -> bool:
+    """Whether an error was caused by Ctrl-C: a KeyboardInterrupt anywhere in its chain of causes."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def echo_line(text: str, err: bool = False) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import click
 
-from pixdeploy.cli import image_list, main, printable
+from pixdeploy.cli import PathArg, image_list, main, printable
 from pixdeploy.errors import PixdeployError
 
 
@@ -51,7 +50,7 @@ class IntList(click.ParamType):
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=PathArg())
 @click.option("--variant", default="fp32", show_default=True, help="Precision variant of the bundle.")
 @click.option("--backend", default="onnxruntime", show_default=True, help="onnxruntime or tensorrt.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -65,12 +64,12 @@ class IntList(click.ParamType):
               help="Tokens generated per call of the generate stage.")
 @click.option("--iters", type=click.IntRange(min=5), default=20, show_default=True, help="Timed calls per side.")
 @click.option("--warmup", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--images", "image_paths", multiple=True, type=click.Path(path_type=Path),
+@click.option("--images", "image_paths", multiple=True, type=PathArg(),
               help="Images or folders to time on (default: scikit-learn's sample photos and digits).")
-@click.option("--baseline", type=click.Path(path_type=Path), default=None,
+@click.option("--baseline", type=PathArg(), default=None,
               help="Checkpoint the bundle came from: time PyTorch eager alongside (needs pixdeploy[train]).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report here.")
-@click.option("--compare", "compare_with", type=click.Path(path_type=Path), default=None,
+@click.option("--json", "json_out", type=PathArg(), default=None, help="Write the report here.")
+@click.option("--compare", "compare_with", type=PathArg(), default=None,
               help="An earlier report: print the change and fail when a figure regressed past --margin.")
 @click.option("--margin", type=FiniteFloat(0.0), default=20.0, show_default=True,
               help="Percent a figure may worsen against --compare before it counts as a regression.")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import click
 
-from pixdeploy.cli import echo_line, main, printable
+from pixdeploy.cli import PathArg, echo_line, main, printable
 from pixdeploy.errors import PixdeployError
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -22,18 +21,18 @@ def parse_size(text: str) -> int:
 
 
 @main.command("build-engine")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=PathArg())
 @click.option("--variant", default=None, help="Precision variant to build (default: the bundle's own graphs, fp32).")
 @click.option("--max-batch", type=click.IntRange(1, 1 << 16), default=4, show_default=True,
               help="Largest batch of images / sequences the engines accept.")
 @click.option("--workspace", default=None, help="TensorRT workspace limit, e.g. 2G (default: TensorRT's).")
-@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+@click.option("--timing-cache", type=PathArg(), default=None,
               help="Timing cache reused across builds (default: one per GPU and TensorRT under ~/.cache/pixdeploy).")
 @click.option("--version-compatible", is_flag=True,
               help="Engines that later TensorRT releases can load (they embed host code; loaders must opt in).")
-@click.option("--plugins", "plugins", multiple=True, type=click.Path(path_type=Path),
+@click.option("--plugins", "plugins", multiple=True, type=PathArg(),
               help="Plugin library that may claim pixdeploy::ColorFold / pixdeploy::WindowAttention (repeatable).")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+@click.option("-o", "--out", type=PathArg(), default=None,
               help="Engine folder (default: BUNDLE/engines/<gpu>-trt<version>, listed in the manifest).")
 @click.option("--force", is_flag=True, help="Replace an engine folder built before.")
 def build_engine(bundle, variant, max_batch, workspace, timing_cache, version_compatible, plugins, out, force):

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from pixdeploy.cli import echo_line, image_list, main, printable
+from pixdeploy.cli import PathArg, echo_line, image_list, main, printable
 from pixdeploy.errors import PixdeployError
 from pixdeploy.export.profiles import DEFAULT_PROFILE, PROFILES  # plain data: no torch or onnx
 
 
 @main.command("export")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
-@click.option("--images", "parity_images", multiple=True, type=click.Path(path_type=Path),
+@click.argument("checkpoint", type=PathArg())
+@click.option("-o", "--out", required=True, type=PathArg(), help="Bundle directory to write.")
+@click.option("--images", "parity_images", multiple=True, type=PathArg(),
               help="Images (or folders) for the parity gate; default: real photos shipped with scikit-learn.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle (only once the new one passes parity).")
 @click.option("--target", type=click.Choice(list(PROFILES)), default=DEFAULT_PROFILE, show_default=True,
@@ -31,10 +29,10 @@ def export_cmd(checkpoint, out, parity_images, force, target):
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
-@click.option("--images", "parity_images", multiple=True, type=click.Path(path_type=Path))
-@click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Greedy decode steps.")
+@click.argument("bundle", type=PathArg())
+@click.option("--checkpoint", required=True, type=PathArg())
+@click.option("--images", "parity_images", multiple=True, type=PathArg())
+@click.option("--steps", type=click.IntRange(1, 1 << 16), default=32, show_default=True, help="Greedy decode steps.")
 @click.option("--variant", default="fp32", show_default=True,
               help="Which variant to check, against its precision's limits.")
 def parity(bundle, checkpoint, parity_images, steps, variant):
@@ -45,7 +43,11 @@ def parity(bundle, checkpoint, parity_images, steps, variant):
 
     images = image_list(parity_images, read=True) if parity_images else default_parity_images()
     pipe = Pipeline.load(bundle, device="cpu", variant=variant)
-    model = Checkpoint(checkpoint).load_model()
+    ck = Checkpoint(checkpoint)
+    if ck.config.to_dict() != pipe.cfg.to_dict():  # another model: its parity says nothing; say so
+        raise PixdeployError(f"checkpoint {checkpoint} is not the model of bundle {bundle} (configs differ); "
+                             "give the checkpoint the bundle was exported from")
+    model = ck.load_model()
     result = check_parity(model, pipe, images, precision=pipe.bundle.variant(variant)["precision"], steps=steps)
     click.echo(result.table())
     if not result:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import main
+from pixdeploy.cli import PathArg, main
 from pixdeploy.text import printable
 
 
@@ -45,7 +45,7 @@ def load_graphs(bundle) -> str:
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=PathArg())
 def inspect(bundle):
     """Show a bundle's manifest, graphs, custom ops, sizes and opset, once it passes the checks loading runs."""
     from pixdeploy.runtime import Bundle

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from pixdeploy.cli import echo_line, image_list, main, printable
+from pixdeploy.cli import PathArg, echo_line, image_list, main, printable
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=PathArg())
 @click.option("--precision", required=True, metavar="fp16|int8", help="Precision of the new variant.")
 @click.option("--target", default="tensorrt", show_default=True, metavar="tensorrt|cpu",
               help="Where int8 runs: tensorrt (symmetric Q/DQ) or cpu (fast on onnxruntime CPU). "
                    "fp16 graphs are the same for both.")
-@click.option("--calib", type=click.Path(path_type=Path), default=None,
+@click.option("--calib", type=PathArg(), default=None,
               help="Folder of real images to calibrate int8 on; default: sample photos shipped with scikit-learn.")
 @click.option("--calib-count", type=int, default=None, help="Calibrate on this many of them, spread evenly.")
-@click.option("--calib-cache", type=click.Path(path_type=Path), default=None,
+@click.option("--calib-cache", type=PathArg(), default=None,
               help="Calibration cache: reused when it exists (same ranges, nothing recomputed), written otherwise.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+@click.option("--checkpoint", type=PathArg(), default=None,
               help="The PyTorch checkpoint to check parity against; default: the one the bundle was exported from.")
-@click.option("--images", "parity_images", multiple=True, type=click.Path(path_type=Path),
+@click.option("--images", "parity_images", multiple=True, type=PathArg(),
               help="Images (or folders) for the parity gate; default: real photos shipped with scikit-learn.")
 @click.option("--steps", type=click.IntRange(min=1), default=8, show_default=True,
               help="Greedy decode steps compared with PyTorch per parity image.")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 
 import click
 
-from pixdeploy.cli import FiniteFloat, image_list, main, printable
+from pixdeploy.cli import FiniteFloat, PathArg, image_list, main, printable
 from pixdeploy.errors import ContextLimitWarning, PixdeployError
 
 
@@ -21,7 +20,7 @@ def runtime_options(f):
     """--variant, --device, --backend, and the TensorRT backend's two opt-ins, passed to `Pipeline.load`."""
     f = variant_option(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
-    f = click.option("--plugins", "plugins", multiple=True, type=click.Path(path_type=Path),
+    f = click.option("--plugins", "plugins", multiple=True, type=PathArg(),
                      help="TensorRT: plugin library the engines were built with (repeatable; never taken from "
                      "the bundle).")(f)
     f = click.option("--allow-host-code", is_flag=True,
@@ -40,8 +39,8 @@ def backend_options(backend: str, allow_host_code: bool, plugins: tuple) -> dict
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("bundle", type=PathArg())
+@click.argument("images", nargs=-1, required=True, type=PathArg())
 @click.option("--prompt", default="", help="Text after the image.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=32, show_default=True)
 @click.option("--temperature", type=FiniteFloat(min=0), default=0.0, show_default=True, help="0: greedy.")
@@ -96,9 +95,9 @@ def _generate(pipe, paths, prompt, kw, stream, batch_size):
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help=".npy or .safetensors file.")
+@click.argument("bundle", type=PathArg())
+@click.argument("images", nargs=-1, required=True, type=PathArg())
+@click.option("-o", "--out", required=True, type=PathArg(), help=".npy or .safetensors file.")
 @runtime_options
 def embed(bundle, images, out, backend, allow_host_code, plugins, device, variant):
     """Window embeddings (images, windows, dim) of images, saved to .npy or .safetensors."""

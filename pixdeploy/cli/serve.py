@@ -10,13 +10,13 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import main
+from pixdeploy.cli import PathArg, main
 from pixdeploy.errors import PixdeployError
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Model repository folder.")
+@click.argument("bundle", type=PathArg())
+@click.option("-o", "--out", required=True, type=PathArg(), help="Model repository folder.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "python"]), default="onnxruntime",
               show_default=True, help="What runs the graphs: Triton's onnxruntime or TensorRT backend, or "
               "onnxruntime inside Python-backend models (CPU-only Triton).")
@@ -52,11 +52,11 @@ def _interrupt(*_):
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=PathArg())
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="HTTP port.")
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
-@click.option("--repository", type=click.Path(path_type=Path), default=None,
+@click.option("--repository", type=PathArg(), default=None,
               help="Keep the model repository here (reused by the next start); default: a temporary folder.")
 @click.option("--instances", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import FiniteFloat, main, parse_overrides, printable
+from pixdeploy.cli import FiniteFloat, PathArg, main, parse_overrides, printable
 from pixdeploy.config import PRESETS
 
 
@@ -40,15 +40,15 @@ def train_options(f):
 @main.command()
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a model config field.")
-@click.option("--data", required=True, type=click.Path(path_type=Path),
+@click.option("--data", required=True, type=PathArg(),
               help="An image folder, a mixed text file, or a folder of mixed text files.")
-@click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out data (default: --eval-percent of --data).")
-@click.option("--image-root", type=click.Path(path_type=Path), help="Where mixed text image paths start.")
+@click.option("--eval-data", type=PathArg(), help="Held-out data (default: --eval-percent of --data).")
+@click.option("--image-root", type=PathArg(), help="Where mixed text image paths start.")
 @click.option("--allow-outside-image-root", "allow_outside_root", is_flag=True,
               help="Read mixed-text image paths that leave the image root (../x.png, absolute paths).")
 @click.option("--data-kind", type=click.Choice(["auto", "images", "mixed"]), default="auto", show_default=True,
               help="How to read a --data folder: auto refuses a folder that could be either.")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
+@click.option("--out", required=True, type=PathArg(),
               help="Run directory (checkpoint, metrics); new or empty unless --resume.")
 @click.option("--resume", is_flag=True, help="Continue the run whose checkpoint is in --out.")
 @train_options
@@ -94,7 +94,7 @@ def report_training(summary: dict) -> None:
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("pixdeploy-demo"), show_default=True)
+@click.option("--workdir", type=PathArg(), default=Path("pixdeploy-demo"), show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the demo's).")
 @click.option("--force", is_flag=True, help="Replace an earlier demo in --workdir.")
 def demo(workdir, steps, force):

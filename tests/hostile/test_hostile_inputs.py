@@ -390,6 +390,17 @@ OUT_FILE_INPUTS = [
     ("no parent folder", lambda c, g: c / "missing" / "v.npy", r"v\.npy: folder .*missing does not exist", 1),
     ("wrong suffix", lambda c, g: c / "v.txt", r"--out must end in \.npy or \.safetensors, got v\.txt", 1),
 ]
+class EmptyPath(str):
+    """'' as a path argument ('' would mean the current folder); ``parent`` lets a command put its other outputs
+    beside it, as for any other value."""
+
+    def __new__(cls, case: Path):
+        value = super().__new__(cls, "")
+        value.parent = case
+        return value
+
+
+EMPTY_PATH = ("empty path", lambda c, g: EmptyPath(c), r"an empty path was given", 2)
 FLOAT_INPUTS = [(v, lambda c, g, v=v: v, r"is not a finite number", None)
                 for v in ("nan", "NaN", "inf", "-inf", "1e999")]
 # Numbers past an option's documented range are refused by the option itself, before any allocation.
@@ -397,6 +408,10 @@ INT_INPUTS = [(v, lambda c, g, v=v: v, r"is not in the range|is not a valid inte
                r"integers|must be within", None)
               for v in ("-1", "1e8", "99999999999999999999999", "nan")]
 
+IMAGE_INPUTS.append(("a FIFO", lambda c, g: os.mkfifo(c / "pipe.png") or c / "pipe.png",
+                     r"pipe\.png is not a regular file \(a pipe, socket or device\)", 1))
+for inputs in (IMAGE_INPUTS, BUNDLE_INPUTS, CHECKPOINT_INPUTS, DATA_INPUTS, OUT_DIR_INPUTS, OUT_FILE_INPUTS):
+    inputs.append(EMPTY_PATH)
 INPUTS = {"image": IMAGE_INPUTS, "bundle": BUNDLE_INPUTS, "checkpoint": CHECKPOINT_INPUTS, "data": DATA_INPUTS,
           "out_dir": OUT_DIR_INPUTS, "out_file": OUT_FILE_INPUTS, "float": FLOAT_INPUTS, "int": INT_INPUTS}
 
@@ -418,6 +433,8 @@ def snapshot(root: Path) -> dict:
                 out[rel] = "link:" + os.readlink(p)
             elif p.is_dir():
                 out[rel] = "dir"
+            elif not p.is_file():  # a FIFO: reading it would block
+                out[rel] = "special"
             else:
                 out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out

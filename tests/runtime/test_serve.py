@@ -273,3 +273,24 @@ def test_kill_9_and_restart_serve_the_same(tiny_bundle, tmp_path, pipe, images):
     finally:
         third.proc.send_signal(signal.SIGINT)
         assert third.wait(60) == 130
+
+
+def test_serve_refuses_a_busy_port_and_a_foreign_repository_in_one_line(tiny_bundle, tmp_path):
+    """Before any server starts: a port in use is named, and a --repository that is not one is not offered a
+    --force that serve does not have."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from pixdeploy.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = CliRunner().invoke(main, ["serve", str(tiny_bundle), "--port", str(port)])
+    assert res.exit_code == 1 and f"port {port} on 127.0.0.1 is not free" in res.output and "--port" in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    (tmp_path / "mine").mkdir()
+    res = CliRunner().invoke(main, ["serve", str(tiny_bundle), "--repository", str(tmp_path / "mine")])
+    assert res.exit_code == 1 and "is not a pixdeploy model repository" in res.output and "--force" not in res.output

@@ -110,7 +110,7 @@ def test_ctrl_c_wrapped_by_a_library_is_still_one_interrupted_line():
         try:
             raise KeyboardInterrupt
         except KeyboardInterrupt:
-            raise RuntimeError("exporter failed")  # implicit chain: __context__
+            raise RuntimeError("exporter failed")  # noqa: B904 -- the implicit chain (__context__) is the point
 
     try:
         res = CliRunner().invoke(main, ["raise-wrapped-interrupt"])

@@ -37,7 +37,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img, dtype=np.int64)
         img = Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8), mode="L")
     elif img.mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():  # no colour to fold: refused, not read as black
+            raise ValueError("it holds NaN or infinite pixel values")
         lo, hi = float(arr.min()), float(arr.max())
         scaled = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
         img = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
@@ -81,7 +83,8 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> 
     try:
         return to_rgb(img)
     except (OSError, ValueError) as e:
-        raise ImageError(f"cannot convert image to RGB: {e}") from None
+        where = f" {source}" if isinstance(source, (str, os.PathLike)) else ""
+        raise ImageError(f"cannot convert image{where} to RGB: {e}") from None
 
 
 def _open_checked(fp, name) -> Image.Image:

@@ -408,6 +408,14 @@ INT_INPUTS = [(v, lambda c, g, v=v: v, r"is not in the range|is not a valid inte
                r"integers|must be within", None)
               for v in ("-1", "1e8", "99999999999999999999999", "nan")]
 
+def nan_tiff(case: Path, g) -> Path:
+    pixels = np.full((12, 12), np.nan, np.float32)
+    pixels[0, 0] = 0.5
+    Image.fromarray(pixels, mode="F").save(case / "nan.tiff")
+    return case / "nan.tiff"
+
+
+IMAGE_INPUTS.append(("float TIFF with NaN", nan_tiff, r"cannot convert image .*nan\.tiff to RGB: it holds NaN", 1))
 IMAGE_INPUTS.append(("a FIFO", lambda c, g: os.mkfifo(c / "pipe.png") or c / "pipe.png",
                      r"pipe\.png is not a regular file \(a pipe, socket or device\)", 1))
 for inputs in (IMAGE_INPUTS, BUNDLE_INPUTS, CHECKPOINT_INPUTS, DATA_INPUTS, OUT_DIR_INPUTS, OUT_FILE_INPUTS):

@@ -425,10 +425,12 @@ class Bundle:
             return None
         parity = _read_json(self.checked("parity.json"), "parity.json", self.path)
         try:
-            checks = [(printable(str(c["name"])), float(c["value"])) for c in parity["checks"]]
+            checks = [(printable(str(c["name"])), c["value"]) for c in parity["checks"]]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for _, v in checks):
+                raise ValueError("a check's value is not a finite number")
             return {"precision": printable(str(parity["precision"])), "passed": parity["passed"] is True,
-                    "checks": checks}
-        except (KeyError, TypeError, ValueError):
+                    "checks": [(n, float(v)) for n, v in checks]}
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise BundleError(f"damaged bundle {self.path}: parity.json is malformed") from None
 
 

@@ -386,3 +386,81 @@ def test_metrics_reader_keeps_only_records_it_can_show(tmp_path_factory, lines):
         assert isinstance(r, dict) and isinstance(r.get("step", 0), int) and r.get("step", 0) >= 0
         for k in METRIC_FIGURES:
             assert math.isfinite(r.get(k, 0.0)) and f"{r.get(k, 0.0):.4f}"  # as `train` prints a summary
+
+
+# ---- a bundle's manifest.json, its parity.json and its engine sets -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle_copy(tiny_bundle, tmp_path_factory) -> tuple[Path, dict]:
+    b = tmp_path_factory.mktemp("fuzz-bundle") / "bundle"
+    shutil.copytree(tiny_bundle, b)
+    return b, json.loads((b / "manifest.json").read_text())
+
+
+@FUZZ
+@given(doc=raw_documents)
+def test_a_bundle_refuses_any_manifest(bundle_copy, doc):
+    from pixdeploy.runtime import Bundle
+
+    b, _ = bundle_copy
+    (b / "manifest.json").write_bytes(doc)
+    with pytest.raises(PixdeployError, match=str(b)):
+        Bundle(b)
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_manifest_with_one_field_changed_loads_or_is_refused(bundle_copy, data):
+    """Every field, the engine sets and the cache pairs included: accepted only if every path it names lies in the
+    bundle and every reader of the result works."""
+    from pixdeploy.runtime import Bundle
+
+    b, manifest = bundle_copy
+    manifest = {**manifest, "engines": {"orin-trt10.3.0.30-fp32": {
+        "variant": "fp32", "tensorrt": "10.3.0.30", "gpu": "Orin", "compute_capability": "8.7",
+        "export_profile": "tensorrt-10.3", "max_batch": 2, "files": {}}}}
+    (b / "manifest.json").write_bytes(data.draw(mutations(manifest)))
+    try:
+        loaded = Bundle(b)
+        for variant in loaded.variants:
+            for graph in ("image_encoder", "decoder"):
+                assert loaded.graph_path(graph, variant).resolve().is_relative_to(b.resolve())
+        loaded.cache_pairs(), loaded.engine_sets(), loaded.parity_record(), loaded.export_profile  # noqa: B018
+    except PixdeployError as e:
+        assert str(b) in str(e) or "export target" in str(e)
+    finally:
+        (b / "manifest.json").write_text(json.dumps(manifest))
+
+
+@FUZZ_CLI
+@given(doc=raw_documents)
+def test_inspect_refuses_any_manifest_in_one_line(bundle_copy, doc):
+    b, manifest = bundle_copy
+    (b / "manifest.json").write_bytes(doc)
+    try:
+        refused_in_one_line(CliRunner().invoke(main, ["inspect", str(b)]), b)
+    finally:
+        (b / "manifest.json").write_text(json.dumps(manifest))
+
+
+@FUZZ
+@given(doc=raw_documents)
+def test_a_bundle_refuses_any_parity_record(bundle_copy, doc):
+    """parity.json with its checksum recomputed: read, or refused in one line, never a traceback."""
+    from pixdeploy.runtime import Bundle
+
+    b, manifest = bundle_copy
+    original = (b / "parity.json").read_bytes()
+    (b / "parity.json").write_bytes(doc)
+    edited = json.loads(json.dumps(manifest))
+    edited["files"]["parity.json"]["sha256"] = sha256(b / "parity.json")
+    (b / "manifest.json").write_text(json.dumps(edited))
+    try:
+        record = Bundle(b).parity_record()
+        assert isinstance(record["passed"], bool) and all(math.isfinite(v) for _, v in record["checks"])
+    except PixdeployError as e:
+        assert str(b) in str(e)
+    finally:
+        (b / "parity.json").write_bytes(original)
+        (b / "manifest.json").write_text(json.dumps(manifest))

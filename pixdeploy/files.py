@@ -125,8 +125,9 @@ def clean_stale(final: Path, echo: Callable[[str], None] | None = None) -> list[
 
 
 @contextmanager
-def locked_dir(path: Path, echo: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on folder ``path`` for the block; another holder makes this one wait.
+def locked_dir(path: Path, echo: Callable[[str], None] | None = None, busy: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on folder ``path`` for the block; another holder makes this one wait, or, with
+    ``busy``, refuses it with PixdeployError(``busy``) (for work too long to wait for, such as a training run).
 
     flock on the folder itself: no lock file to leave behind, and the kernel drops the lock when its
     holder dies, even by kill -9. Advisory: it orders pixdeploy's own writers. A process must not take
@@ -142,6 +143,8 @@ def locked_dir(path: Path, echo: Callable[[str], None] | None = None) -> Iterato
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if busy is not None:
+                raise PixdeployError(busy) from None
             if echo is not None:
                 echo(f"waiting for another pixdeploy process to finish changing {path}")
             fcntl.flock(fd, fcntl.LOCK_EX)  # Ctrl-C interrupts the wait
@@ -150,24 +153,9 @@ def locked_dir(path: Path, echo: Callable[[str], None] | None = None) -> Iterato
         os.close(fd)  # releases the lock
 
 
-@contextmanager
-def try_lock(path: Path, busy: str) -> Iterator[None]:
-    """`locked_dir` that refuses instead of waiting: raises PixdeployError(``busy``) when another process
-    holds the lock on folder ``path`` (for work too long to wait for, such as a training run)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no concurrent-writer protection
-        yield
-        return
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PixdeployError(busy) from None
-        yield
-    finally:
-        os.close(fd)
+def try_lock(path: Path, busy: str):
+    """`locked_dir` that refuses with ``busy`` instead of waiting."""
+    return locked_dir(path, busy=busy)
 
 
 def replace_dir(new: Path, final: Path, backup: Path | None = None, replace: bool = True) -> None:

@@ -47,6 +47,7 @@ import numpy as np
 from pixdeploy.config import SPECIAL_TOKENS, ModelConfig
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import locked_dir, parse_temp, sha256, staged_dir, staged_file
+from pixdeploy.jsonfile import BadJson, loads
 from pixdeploy.text import printable
 from pixdeploy.tokenizer import Tokenizer
 
@@ -157,14 +158,9 @@ def _read_json(path: Path, what: str, root: Path) -> object:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise BundleError(f"damaged bundle {root}: {what} is larger than {MAX_MANIFEST_BYTES >> 20} MB")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        reason = "nested too deeply" if isinstance(e, RecursionError) else printable(str(e)[:200])
-        raise BundleError(f"damaged bundle {root}: {what} unreadable ({reason})") from None
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
+        return loads(raw)
+    except BadJson as e:  # not UTF-8, not JSON, NaN or Infinity, numbers past 64 bits, nested too deeply
+        raise BundleError(f"damaged bundle {root}: {what} unreadable ({printable(str(e)[:200])})") from None
 
 
 # ---- reading ----

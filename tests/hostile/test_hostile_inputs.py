@@ -330,7 +330,7 @@ BUNDLE_INPUTS = [
     ("graph unlisted", edit_manifest(lambda m: m["variants"]["fp32"]["graphs"]["decoder"].update(file="other.onnx")),
      r"not among the checksummed", 1),
     ("config nan", edit_manifest(lambda m: m["config"].update(norm_eps=float("nan"))),
-     r"NaN is not a JSON number", 1),  # refused as it is read (a NaN in a config field: test_config)
+     r"holds NaN, which is not a JSON number", 1),  # refused as it is read (a NaN in a config field: test_config)
     ("decoder truncated", damage_only(truncate("decoder.onnx", 1000)), r"decoder\.onnx does not match its checksum", 1),
     ("tokenizer missing", damage_only(lambda b: (b / "tokenizer.json").unlink()), r"tokenizer\.json is missing", 1),
     ("encoder truncated, sums match", damaged_bundle(truncate("image_encoder.onnx", 5000)),

@@ -7,6 +7,7 @@ failed export never leaves a bundle that loads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ from pixdeploy.runtime.pipeline import Pipeline
 from pixdeploy import __version__
 from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import check_not_inside, check_replaceable, staged_dir
+from pixdeploy.files import check_not_inside, check_replaceable, locked_dir, staged_dir
 
 
 def write_manifest(path: Path, cfg, extra: dict) -> None:
@@ -57,6 +58,14 @@ def export_bundle(checkpoint, out, images: list | None = None, force: bool = Fal
     check_replaceable(out, replace=force, what="pixdeploy bundle", is_replaceable=is_bundle_dir)
     model = ck.load_model()
     cfg = ck.config
+    with contextlib.ExitStack() as held:
+        if out.is_dir():  # --force over a bundle: wait for a quantize or build-engine changing it to finish
+            held.enter_context(locked_dir(out, echo))
+        bundle, result = _export_into(out, ck, model, cfg, profile, target, images, force, echo)
+    return bundle, result
+
+
+def _export_into(out: Path, ck, model, cfg, profile, target: str, images, force: bool, echo):
     with staged_dir(out, replace=force, what="pixdeploy bundle", is_replaceable=is_bundle_dir, echo=echo) as tmp:
         for spec in graph_specs(cfg):
             echo(f"exporting {spec.name}.onnx" + (f" for {profile.name}" if target != DEFAULT_PROFILE else ""))

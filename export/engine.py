@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pixdeploy.export.profiles import check_parsable
+from pixdeploy.export.profiles import check_parsable, get_profile
 from pixdeploy.export.trt_support import (
     BUILDER_FLAGS,
     NETWORK_FLAGS,
@@ -179,7 +179,7 @@ def import_tensorrt():
 
 def preflight(bundle, trt_version: str, plugins: list, echo=print) -> None:
     """Everything that can be refused without TensorRT: profile vs parser, plugin paths."""
-    check_parsable(bundle.export_profile, trt_version, bundle.path)
+    check_parsable(get_profile(bundle.export_target), trt_version, bundle.path)
     for lib in plugins:
         if not Path(lib).is_file():
             raise PixdeployError(f"plugin library {lib} does not exist")
@@ -297,7 +297,7 @@ def build_engines(bundle_path, *, variant: str | None = None, max_batch: int = 4
                               plugins=bool(plugins))
     if gating_problems(settings):
         raise PixdeployError(f"TensorRT {trt_version} lacks {', '.join(gating_problems(settings))}")
-    engine_set = EngineSet(name, variant, trt_version, gpu, cc, bundle.export_profile.name, max_batch,
+    engine_set = EngineSet(name, variant, trt_version, gpu, cc, bundle.export_target, max_batch,
                            version_compatible, tuple(Path(p).name for p in plugins),
                            {g: f"{ENGINES_DIR}/{name}/{g}.engine" for g in GRAPHS})
     index = {"format": ENGINE_SET_FORMAT, **engine_set.to_dict(), "engines": {}}

@@ -46,6 +46,7 @@ from pixdeploy.export.calibration import (
 )
 from pixdeploy.export.onnx_export import graph_specs
 from pixdeploy.export.parity import ParityError, check_parity, default_parity_images
+from pixdeploy.export.profiles import get_profile
 from pixdeploy.runtime.backends import check_graphs_load
 from pixdeploy.runtime.bundle import GRAPHS, Bundle, adding_variant
 
@@ -268,9 +269,9 @@ def make_graphs(bundle: Bundle, variant: Variant, model, out: Path, images: list
                  if variant.name == "int8-tensorrt" else None)
         detail = make_int8(bundle, variant, out, cache)
     else:
-        detail = make_fp16(model, out, bundle.export_profile)
+        detail = make_fp16(model, out, get_profile(bundle.export_target))
     for g in GRAPHS:  # every variant keeps its bundle's target: the same opset and IR as the fp32 graphs
-        pin_ir_version(out / f"{g}.onnx", bundle.export_profile.ir_version)
+        pin_ir_version(out / f"{g}.onnx", get_profile(bundle.export_target).ir_version)
     check_fits_target(bundle, variant, out)
     return detail
 
@@ -282,7 +283,7 @@ def check_fits_target(bundle: Bundle, variant: Variant, out: Path) -> None:
 
     if variant.target == "cpu":
         return
-    profile = bundle.export_profile
+    profile = get_profile(bundle.export_target)
     for g in GRAPHS:
         check_fits_tensorrt(onnx.load(str(out / f"{g}.onnx")), f"{variant.name} {g}", profile)
 

@@ -217,15 +217,14 @@ class Bundle:
         return printable(str(self.manifest.get("producer", "?")))
 
     @property
-    def export_profile(self):
-        """The export target the graphs were written for (`pixdeploy.export.profiles`; torch-free)."""
-        from pixdeploy.export.profiles import DEFAULT_PROFILE, get_profile
-
+    def export_target(self) -> str:
+        """The name of the export target the graphs were written for (`pixdeploy.export.profiles` holds what each
+        means); bundles written before targets existed were for onnxruntime."""
         recorded = self.manifest.get("export_profile") or {}
-        name = recorded.get("name", DEFAULT_PROFILE) if isinstance(recorded, dict) else None
+        name = recorded.get("name", "onnxruntime") if isinstance(recorded, dict) else None
         if not isinstance(name, str):
             raise BundleError(f"damaged bundle {self.path}: manifest.json export_profile is malformed")
-        return get_profile(name)
+        return name
 
     @property
     def source_checkpoint(self) -> str | None:

@@ -73,7 +73,7 @@ def write_test_engine_set(bundle_path, *, gpu: str, tensorrt: str, cc: str, vari
     name = engine_set_name(gpu_slug(gpu), tensorrt, variant)
     folder = Path(bundle_path) / ENGINES_DIR / name
     folder.mkdir(parents=True)
-    record = EngineSet(name, variant, tensorrt, gpu, cc, b.export_profile.name, max_batch,
+    record = EngineSet(name, variant, tensorrt, gpu, cc, b.export_target, max_batch,
                        version_compatible, tuple(plugins), {g: f"{ENGINES_DIR}/{name}/{g}.engine" for g in GRAPHS})
     for g in GRAPHS:
         profiles = derive_profiles(g, b.graphs[g], b.config, max_batch)

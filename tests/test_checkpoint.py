@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pixdeploy.checkpoint import Checkpoint, save_checkpoint
-from pixdeploy.errors import CheckpointError
+from pixdeploy.errors import CheckpointError, PixdeployError
 from pixdeploy.model import PixTokenLM
 from pixdeploy.tokenizer import Tokenizer
 
@@ -34,9 +34,10 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint_whole(saved, monkeypat
         raise OSError("disk full")
 
     monkeypatch.setattr("pixdeploy.checkpoint.save_file", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(PixdeployError, match=f"cannot write {out / 'checkpoint'}: disk full"):
         save_checkpoint(out, model.state_dict(), tiny_cfg, Tokenizer.image_only(), step=4)
     assert Checkpoint(out).step == 3
+    assert not [p for p in out.iterdir() if p.name.startswith(".checkpoint.tmp")]  # nothing half-written left
 
 
 def test_a_crash_between_the_two_renames_is_recovered(saved, monkeypatch, tiny_cfg):

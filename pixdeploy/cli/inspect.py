@@ -53,7 +53,9 @@ def inspect(bundle):
     b = Bundle(bundle)  # the verification every loader runs: refused here exactly when generate/embed refuse
     graphs_loaded = load_graphs(b)  # ...and the graphs load, before a line of the report is printed
     parity = b.parity_record()
-    profile = b.export_profile
+    from pixdeploy.export.profiles import get_profile  # plain data: no onnx, no torch
+
+    profile = get_profile(b.export_target)
     cfg = b.config
     click.echo(printable(f"{b.path}: pixdeploy bundle format {b.format_version}, {b.producer}"))
     click.echo(f"model: dim {cfg.dim}, {cfg.image_layers} image + {cfg.n_layers} decoder layers, "

@@ -98,6 +98,7 @@ def variant_pipeline(bundle_path: Path, name: str, checkpoint: Path):
     """The bundle's graphs in variant ``name``, made as `pixdeploy quantize` makes them but without its
     parity gate: a seeded, untrained model's greedy choices include near-ties that fp16 or int8 rounding
     flips, which the gate rightly refuses; the goldens hold the graphs' numbers, not their answers."""
+    from pixdeploy.export.profiles import get_profile
     from pixdeploy.export.quantize import VARIANTS, make_fp16, make_int8
     from pixdeploy.runtime import Bundle
     from pixdeploy.runtime.bundle import GRAPHS, VARIANTS_DIR, StagedVariant
@@ -110,7 +111,7 @@ def variant_pipeline(bundle_path: Path, name: str, checkpoint: Path):
     if not folder.is_dir():
         folder.mkdir(parents=True)
         if name == "fp16":
-            make_fp16(Checkpoint(checkpoint).load_model(), folder, bundle.export_profile)
+            make_fp16(Checkpoint(checkpoint).load_model(), folder, get_profile(bundle.export_target))
         else:
             make_int8(bundle, VARIANTS[("int8", "cpu")], folder, None)
     entry = {"precision": name.split("-")[0], "graphs": {g: {"file": f"{g}.onnx"} for g in GRAPHS}}

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from pixdeploy.cli import FiniteFloat, image_list, main, printable
-from pixdeploy.errors import ContextLimitWarning, PixdeployError
+from pixdeploy.errors import ContextLimitWarning, CpuClassWarning, PixdeployError
 
 
 def variant_option(f):
@@ -67,11 +67,14 @@ def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, 
     from pixdeploy.runtime import Pipeline
 
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    with Pipeline.load(bundle, backend=backend, device=device, variant=variant,
-                       **backend_options(backend, allow_host_code, plugins, inference_precision)) as pipe:
+    with warnings_as_lines(), Pipeline.load(bundle, backend=backend, device=device, variant=variant,
+                                            **backend_options(backend, allow_host_code, plugins,
+                                                              inference_precision)) as pipe:
         paths = image_list(images, read=stream)  # streamed output starts at once: a bad image must fail first
-        with warnings_as_lines():
-            _generate(pipe, paths, prompt, kw, stream, batch_size)
+        _generate(pipe, paths, prompt, kw, stream, batch_size)
+
+
+ONE_LINE_WARNINGS = (ContextLimitWarning, CpuClassWarning)
 
 
 @contextmanager
@@ -80,13 +83,14 @@ def warnings_as_lines():
     caught: list = []
     try:
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ContextLimitWarning)
+            for category in ONE_LINE_WARNINGS:
+                warnings.simplefilter("always", category)
             yield
     finally:
-        for message in dict.fromkeys(str(w.message) for w in caught if w.category is ContextLimitWarning):
+        for message in dict.fromkeys(str(w.message) for w in caught if w.category in ONE_LINE_WARNINGS):
             click.echo(f"warning: {message}", err=True)
         for w in caught:  # anything else is shown as Python would have shown it
-            if w.category is not ContextLimitWarning:
+            if w.category not in ONE_LINE_WARNINGS:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
@@ -121,8 +125,9 @@ def embed(bundle, images, out, backend, allow_host_code, plugins, inference_prec
     check_file_target(out)  # before the work, not after it
     check_not_inside(out, bundle)  # the embeddings must not land on the bundle they come from
     paths = image_list(images)
-    with Pipeline.load(bundle, backend=backend, device=device, variant=variant,
-                       **backend_options(backend, allow_host_code, plugins, inference_precision)) as pipe:
+    with warnings_as_lines(), Pipeline.load(bundle, backend=backend, device=device, variant=variant,
+                                            **backend_options(backend, allow_host_code, plugins,
+                                                              inference_precision)) as pipe:
         vectors = pipe.embed(paths)
     with staged_file(out, echo=click.echo) as tmp:
         if out.suffix == ".npy":

@@ -143,7 +143,8 @@ def library_versions(torch: bool = True) -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for name in ("pixdeploy", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorrt") + (("torch",) if torch else ()):
+    for name in ("pixdeploy", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt") + (
+            ("torch",) if torch else ()):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

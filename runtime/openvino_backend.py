@@ -12,10 +12,11 @@ bytes; nothing is written to the bundle or beside it. ``onnx`` is therefore part
 Precision is always set explicitly (``INFERENCE_PRECISION_HINT``): OpenVINO itself picks bf16 on a CPU
 that has it, and a backend that silently drops to ~3 significant digits is not what ``fp32`` means.
 ``bf16`` is refused in one line on a CPU without native bf16 (OpenVINO would emulate it, slower than fp32)
-and is gated when it loads: the bf16 pipeline and onnxruntime fp32 on the same graphs answer the gate's
-images (default: the real photos and handwriting scikit-learn ships) and must agree within the fp16 limits
-of the parity table (`pixdeploy.parity_limits`: embedding and prefill-logit cosine >= 0.999, the same
-greedy answers); a variant that fails is refused with the figures, never run.
+and is gated when it loads: the bf16 pipeline and onnxruntime on the same graphs (fp32 compute; for the
+fp32 variant, onnxruntime fp32) answer the gate's images (default: the real photos and handwriting
+scikit-learn ships) and must agree within the fp16 limits of the parity table (`pixdeploy.parity_limits`:
+embedding and prefill-logit cosine >= 0.999, the same greedy answers over 8 tokens); a pipeline that fails
+is refused with the figures, never run.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def gate_checks(got, ref, got_tokens, ref_tokens) -> dict:
 
 
 def check_bf16(bundle, variant: str, encoder: Runner, decoder: Runner, gate_images=None) -> dict:
-    """The bf16 gate: the OpenVINO bf16 runners against onnxruntime fp32 on the same graphs; raises
+    """The bf16 gate: the OpenVINO bf16 runners against onnxruntime (fp32 compute) on the same graphs; raises
     `Bf16GateError` naming every failing figure, returns the checks otherwise."""
     from pixdeploy.runtime.backends import open_runners
     from pixdeploy.runtime.pipeline import Pipeline
@@ -157,7 +158,7 @@ def check_bf16(bundle, variant: str, encoder: Runner, decoder: Runner, gate_imag
     try:
         reference = Pipeline(bundle, *open_runners(bundle, "onnxruntime", variant, "cpu"), variant)
     except PixdeployError as e:
-        raise PixdeployError(f"the bf16 gate compares with onnxruntime fp32, which cannot run here: {e}") from None
+        raise PixdeployError(f"the bf16 gate compares with onnxruntime, which cannot run here: {e}") from None
     with reference:
         candidate = Pipeline(bundle, encoder, decoder, variant)
         rgb, sizes = reference.preprocess(images)
@@ -173,5 +174,5 @@ def check_bf16(bundle, variant: str, encoder: Runner, decoder: Runner, gate_imag
     failed = [f"{k}={v:.6f} (limit {lim:g})" for k, (v, lim, ok) in checks.items() if not ok]
     if failed:
         raise Bf16GateError(f"OpenVINO bf16 of variant {variant} of {bundle.path} failed its gate against "
-                            f"onnxruntime fp32: {', '.join(failed)}; use precision fp32")
+                            f"onnxruntime on the same graphs: {', '.join(failed)}; use precision fp32")
     return checks

@@ -88,8 +88,11 @@ class OpenVinoRunner(Runner):
         return cls(compiled, keep, precision)
 
     def infer_impl(self, feed: dict) -> dict:
-        result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
-        return {o.get_any_name(): np.asarray(result[o]) for o in self.compiled.outputs}
+        # Inputs are read in place (the call is synchronous and never writes them); outputs are copied out of the
+        # request's buffers, which the next call overwrites, so each result stays the caller's.
+        result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()}, share_inputs=True,
+                                    share_outputs=False)
+        return dict(zip(self.output_names, result.to_tuple()))
 
     def close(self) -> None:
         self.request = None

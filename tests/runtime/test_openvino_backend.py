@@ -153,3 +153,14 @@ def test_runtime_stays_torch_free_with_openvino(tiny_bundle):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.startswith("(1, 16, 96)")
+
+
+def test_without_openvino_the_extra_is_named_in_one_line(tiny_bundle, images, tmp_path):
+    images[0].save(tmp_path / "photo.png")
+    code = ("import sys; sys.modules['openvino'] = None\n"
+            "from pixdeploy.cli import main\n"
+            f"main(['embed', {str(tiny_bundle)!r}, {str(tmp_path / 'photo.png')!r}, '-o', "
+            f"{str(tmp_path / 'v.npy')!r}, '--backend', 'openvino'])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.strip() == 'error: OpenVINO is not installed: pip install "pixdeploy[openvino]"'

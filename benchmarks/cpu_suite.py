@@ -5,15 +5,22 @@
     python -m benchmarks.cpu_suite --parts decoder
 
 - ``encoder``: the image encoder of each preset (seeded weights; speed does not depend on their values)
-  on real photos, batch 1 and 8, four ways interleaved: PyTorch eager with the full last image layer and
-  pruned (one row per window), onnxruntime with each graph. Ratios: onnxruntime vs eager (both pruned:
-  what a user runs), pruned vs full in eager and in onnxruntime.
+  on real photos, batch 1 and 8, interleaved: PyTorch eager with the full last image layer and pruned
+  (one row per window), onnxruntime with each graph, and every other CPU path of the pruned graph
+  (`CPU_PATHS`): onnxruntime int8 (static u8s8 Q/DQ and dynamic, as `quantize --target cpu` makes them,
+  calibrated on the same real photos), OpenVINO fp32 and bf16 on the plain graph and on the Q/DQ graph.
+  Ratios: onnxruntime vs eager (both pruned: what a user runs), pruned vs full in eager and in
+  onnxruntime, and each path vs eager pruned, with its embedding cosine to eager and whether it holds its
+  precision's parity limits (`pixdeploy.parity_limits`: fp32 row for fp32, fp16 row for bf16, int8 row for
+  int8); ``fastest`` is the fastest path that holds them.
   `paper-120m` is timed at ``--paper-image-size`` (default 64: 16 windows instead of 196). Windows are
   independent and each costs the same, so the per-window work, and every ratio, is that of 224; at 224 one
   image is about 3.7 TFLOP, half a minute per call on 2 cores.
 - ``decoder``: a `small` bundle with a 576-token context (exported in the run, parity-gated) through
   `pixdeploy.runtime.bench`: prefill, decode per token at 32..512 tokens of context, generate end to end,
-  each against PyTorch eager, plus the cached step against recomputing 257 tokens.
+  each against PyTorch eager, plus the cached step against recomputing 257 tokens, and one decode step at
+  batch 1 and context 256 on every CPU path against onnxruntime fp32 (``decode_paths``), with the
+  logits' cosine to onnxruntime fp32.
 
 Writes results/cpu_suite.json (or $OUT/cpu_suite.json).
 """
@@ -50,6 +57,68 @@ def export_encoder(model: PixTokenLM, path: Path, prune: bool) -> ort.InferenceS
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+# path -> (precision row of the parity limits, backend, graph kind, OpenVINO inference precision)
+CPU_PATHS = {
+    "ort_int8_static": ("int8", "onnxruntime", "static-u8s8-qdq", None),
+    "ort_int8_dynamic": ("int8", "onnxruntime", "dynamic", None),
+    "ov_fp32": ("fp32", "openvino", "fp32", "fp32"),
+    "ov_bf16": ("fp16", "openvino", "fp32", "bf16"),
+    "ov_int8_static": ("int8", "openvino", "static-u8s8-qdq", "fp32"),
+    "ov_int8_static_bf16": ("int8", "openvino", "static-u8s8-qdq", "bf16"),
+}
+
+
+def quantized_graphs(graph: Path, feeds: list[dict], folder: Path) -> dict[str, Path]:
+    """The int8 schemes `quantize --target cpu` makes, of one graph, calibrated on ``feeds``."""
+    import json
+
+    import onnx
+    from pixdeploy.export.calibration import measure_ranges
+    from pixdeploy.export.quantize import CPU_SCHEMES, WEIGHT_OPS, make_cpu_scheme, quiet_quantizer, weight_matmuls
+
+    with quiet_quantizer():
+        ranges = measure_ranges(graph, feeds, list(WEIGHT_OPS))
+    ranges_file = folder / "ranges.json"
+    ranges_file.write_text(json.dumps(ranges))
+    nodes = weight_matmuls(onnx.load(str(graph)))
+    out = {"fp32": graph}
+    for name in ("static-u8s8-qdq", "dynamic"):
+        out[name] = folder / f"{graph.stem}.{name}.onnx"
+        make_cpu_scheme(CPU_SCHEMES[name], graph, out[name], nodes, ranges_file)
+    return out
+
+
+def path_runners(graphs: dict[str, Path], bf16: bool) -> dict:
+    """A runner per CPU path (bf16 paths only where the CPU has native bf16)."""
+    from pixdeploy.runtime.backends import OnnxRuntimeRunner
+    from pixdeploy.runtime.openvino_backend import OpenVinoRunner
+
+    runners = {}
+    for name, (_, backend, kind, ov_precision) in CPU_PATHS.items():
+        if ov_precision == "bf16" and not bf16:
+            continue
+        runners[name] = (OnnxRuntimeRunner.open(graphs[kind], "cpu") if backend == "onnxruntime"
+                         else OpenVinoRunner.open(graphs[kind], ov_precision))
+    return runners
+
+
+def holds_limits(precision_row: str, stats: dict) -> bool:
+    from pixdeploy.parity_limits import THRESHOLDS
+
+    limits = THRESHOLDS[precision_row]
+    return (stats["cosine_min"] >= limits["embed_cosine_min"]
+            and stats["max_abs"] <= limits.get("embed_max_abs", float("inf")))
+
+
+def has_bf16() -> bool:
+    try:
+        import openvino as ov
+        from pixdeploy.runtime.openvino_backend import cpu_has_bf16
+    except ImportError:
+        return False
+    return cpu_has_bf16(ov.Core())
+
+
 def encoder_rows(name: str, batches: list[int], iters: int, paper_size: int, keep=lambda row: None) -> list[dict]:
     cfg = preset(name)
     note = None
@@ -58,9 +127,14 @@ def encoder_rows(name: str, batches: list[int], iters: int, paper_size: int, kee
         cfg = cfg.replace(image_size=paper_size)
     torch.manual_seed(0)
     model = PixTokenLM(cfg).eval()
-    with tempfile.TemporaryDirectory() as d:
-        sessions = {p: export_encoder(model, Path(d) / f"enc_{p}.onnx", p) for p in (True, False)}
     real = sample_images()
+    work = tempfile.TemporaryDirectory()
+    d = Path(work.name)
+    sessions = {p: export_encoder(model, d / f"enc_{p}.onnx", p) for p in (True, False)}
+    calib = [dict(zip(("images", "sizes"), prepare_batch(real[i:i + 8], cfg.image_size)))
+             for i in range(0, len(real), 8)]
+    graphs = quantized_graphs(d / "enc_True.onnx", calib, d)
+    paths = path_runners(graphs, has_bf16())
     rows = []
     for batch in batches:
         images, sizes = prepare_batch([real[i % len(real)] for i in range(batch)], cfg.image_size)
@@ -68,9 +142,14 @@ def encoder_rows(name: str, batches: list[int], iters: int, paper_size: int, kee
         feed = {"images": images, "sizes": sizes}
         with torch.no_grad():
             ref = model.encode_images(ti, ts, prune=False).numpy()
-            diffs = {"eager_pruned": model.encode_images(ti, ts).numpy(),
+            pruned = model.encode_images(ti, ts).numpy()
+            diffs = {"eager_pruned": pruned,
                      "ort_pruned": sessions[True].run(None, feed)[0], "ort_full": sessions[False].run(None, feed)[0]}
         max_abs = {k: float(np.abs(v - ref).max()) for k, v in diffs.items()}
+        from pixdeploy.parity_limits import compare
+
+        path_stats = {k: compare(r.infer(feed)["window_embeddings"], pruned) for k, r in paths.items()}
+        path_stats["ort_pruned"] = compare(diffs["ort_pruned"], pruned)
 
         def eager(prune, ti=ti, ts=ts):
             with torch.no_grad():
@@ -78,19 +157,34 @@ def encoder_rows(name: str, batches: list[int], iters: int, paper_size: int, kee
 
         fns = {"eager_full": functools.partial(eager, False), "eager_pruned": functools.partial(eager, True),
                "ort_full": functools.partial(sessions[False].run, None, feed),
-               "ort_pruned": functools.partial(sessions[True].run, None, feed)}
+               "ort_pruned": functools.partial(sessions[True].run, None, feed),
+               **{k: functools.partial(r.infer, feed) for k, r in paths.items()}}
         samples = rb.interleaved(fns, iters, warmup=2)
         res = {k: rb.percentiles(v) for k, v in samples.items()}
         p50 = {k: float(np.median(v)) for k, v in samples.items()}
+        vs_eager = {k: {q: res["eager_pruned"][f"{q}_ms"] / res[k][f"{q}_ms"] for q in ("p50", "p90", "p99")}
+                    for k in ["ort_pruned", *paths]}
+        holds = {k: holds_limits("fp32" if k == "ort_pruned" else CPU_PATHS[k][0], path_stats[k]) for k in vs_eager}
+        fastest = max((k for k in vs_eager if holds[k]), key=lambda k: vs_eager[k]["p50"])
         rows.append({"preset": name, "batch": batch, "note": note, "results": res,
                      "images_per_s_p50": {k: batch / v for k, v in p50.items()},
                      "max_abs_vs_eager_full": max_abs,
                      "ratios_p50": {"ort_vs_eager (both pruned)": p50["eager_pruned"] / p50["ort_pruned"],
                                     "ort_pruned_vs_eager_full": p50["eager_full"] / p50["ort_pruned"],
                                     "pruned_vs_full (eager)": p50["eager_full"] / p50["eager_pruned"],
-                                    "pruned_vs_full (ort)": p50["ort_full"] / p50["ort_pruned"]}})
+                                    "pruned_vs_full (ort)": p50["ort_full"] / p50["ort_pruned"]},
+                     "paths_vs_eager_pruned": vs_eager, "paths_vs_ort_fp32_p50": {
+                         k: p50["ort_pruned"] / p50[k] for k in vs_eager},
+                     "paths_parity": {k: {"cosine_min": path_stats[k]["cosine_min"],
+                                          "max_abs": path_stats[k]["max_abs"], "holds": holds[k],
+                                          "limits": "fp32" if k == "ort_pruned" else CPU_PATHS[k][0]}
+                                      for k in vs_eager},
+                     "fastest": {"path": fastest, "vs_eager_pruned": vs_eager[fastest]}})
         keep(rows[-1])
         print(f"  {name} batch {batch}: done", file=sys.stderr)
+    for r in paths.values():
+        r.close()
+    work.cleanup()
     return rows
 
 
@@ -115,6 +209,43 @@ def decoder_report(iters: int, variants: list[str]) -> dict:
                                         contexts=(32, 128, 256, 512), new_tokens=32, iters=iters, baseline=ck,
                                         show_progress=True)
         out["cached_vs_recompute_at_256"] = cached_vs_recompute(bundle.path, iters)
+        out["decode_paths_b1_ctx256"] = decode_paths(bundle.path, iters, Path(d))
+    return out
+
+
+def decode_paths(bundle, iters: int, folder: Path) -> dict:
+    """One decode step at batch 1 over a 256-token cache on every CPU path, against onnxruntime fp32 (the int8
+    decoders calibrated on the prefill and greedy steps of the real photos, as `quantize` does)."""
+    from pixdeploy.export.calibration import decoder_feeds
+    from pixdeploy.runtime.backends import OnnxRuntimeRunner
+
+    from pixdeploy.parity_limits import THRESHOLDS, compare
+
+    pipe = rb.load_pipeline(bundle, "fp32", "onnxruntime", "cpu")
+    images = sample_images()
+    (folder / "dec").mkdir()
+    graphs = quantized_graphs(pipe.bundle.graph_path("decoder"), list(decoder_feeds(pipe, images)), folder / "dec")
+    runners = {"ort_fp32": OnnxRuntimeRunner.open(graphs["fp32"], "cpu"), **path_runners(graphs, has_bf16())}
+    emb = pipe.embed_letterboxed(*prepare_batch(images[:1], pipe.cfg.image_size))
+    ids = rb.filler_ids(pipe, 257)
+    _, cache = pipe.prefill(emb, ids[:256])
+    feed = {"embeds": pipe.text_embeddings[[ids[256]]][:, None].astype(np.float32),
+            "input_pos": np.array([256], np.int64), **cache}
+    ref = runners["ort_fp32"].infer(feed)["logits"]
+    stats = {k: compare(r.infer(feed)["logits"], ref) for k, r in runners.items()}
+    samples = rb.interleaved({k: functools.partial(r.infer, feed) for k, r in runners.items()}, iters * 5, warmup=3,
+                             block=10)
+    res = {k: rb.percentiles(v) for k, v in samples.items()}
+    out = {"results": res, "vs_ort_fp32": {}, "parity": {}}
+    for k in runners:
+        limit = THRESHOLDS["fp32" if k == "ort_fp32" else CPU_PATHS[k][0]].get("logits_cosine_min", 0.99999)
+        out["vs_ort_fp32"][k] = {q: res["ort_fp32"][f"{q}_ms"] / res[k][f"{q}_ms"] for q in ("p50", "p90", "p99")}
+        out["parity"][k] = {"logits_cosine_min": stats[k]["cosine_min"], "max_abs": stats[k]["max_abs"],
+                            "limit": limit, "holds": stats[k]["cosine_min"] >= limit}
+        runners[k].close()
+    fastest = max((k for k in runners if out["parity"][k]["holds"]), key=lambda k: out["vs_ort_fp32"][k]["p50"])
+    out["fastest"] = {"path": fastest, "vs_ort_fp32": out["vs_ort_fp32"][fastest]}
+    pipe.close()
     return out
 
 
@@ -132,18 +263,38 @@ def cached_vs_recompute(bundle, iters: int) -> dict:
 
 def print_table(result: dict) -> None:
     m = result["machine"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores; torch {result['libraries'].get('torch')}, "
-          f"onnxruntime {result['libraries'].get('onnxruntime')}")
+    print(f"machine: {m['cpu']}, {m['cores']} cores, {result.get('cpu_class', '?')}; torch "
+          f"{result['libraries'].get('torch')}, onnxruntime {result['libraries'].get('onnxruntime')}, "
+          f"openvino {result['libraries'].get('openvino', '-')}")
     if result.get("encoder"):
-        print(f"\n{'encoder':<18}{'impl':<14}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'img/s':>9}")
+        print(f"\n{'encoder':<18}{'impl':<22}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'img/s':>9}")
         for r in result["encoder"]:
             label = f"{r['preset']} b{r['batch']}"
             for impl, t in r["results"].items():
-                print(f"{label:<18}{impl:<14}{t['p50_ms']:>10.1f}{t['p90_ms']:>10.1f}{t['p99_ms']:>10.1f}"
+                print(f"{label:<18}{impl:<22}{t['p50_ms']:>10.1f}{t['p90_ms']:>10.1f}{t['p99_ms']:>10.1f}"
                       f"{r['images_per_s_p50'][impl]:>9.1f}")
             print("  " + ", ".join(f"{k} {v:.2f}x" for k, v in r["ratios_p50"].items())
                   + (f"  [{r['note']}]" if r["note"] else ""))
+            for k, v in r.get("paths_vs_eager_pruned", {}).items():
+                par = r["paths_parity"][k]
+                print(f"  {k:<22} vs eager pruned p50/p90/p99 {v['p50']:.2f}x / {v['p90']:.2f}x / {v['p99']:.2f}x"
+                      f"   cosine {par['cosine_min']:.6f} ({par['limits']} limits "
+                      f"{'held' if par['holds'] else 'MISSED'})")
+            if r.get("fastest"):
+                f = r["fastest"]
+                print(f"  fastest CPU path holding parity: {f['path']}, {f['vs_eager_pruned']['p50']:.2f}x "
+                      "PyTorch eager (p50)")
     for variant, report in result.get("decoder", {}).items():
+        if variant == "decode_paths_b1_ctx256":
+            print("\ndecode step, batch 1, context 256, vs onnxruntime fp32 (p50/p90/p99)")
+            for k, v in report["vs_ort_fp32"].items():
+                par = report["parity"][k]
+                print(f"  {k:<22} {v['p50']:.2f}x / {v['p90']:.2f}x / {v['p99']:.2f}x   p50 "
+                      f"{report['results'][k]['p50_ms']:.2f} ms   logits cosine {par['logits_cosine_min']:.6f} "
+                      f"(>= {par['limit']}: {'held' if par['holds'] else 'MISSED'})")
+            print(f"  fastest holding parity: {report['fastest']['path']}, "
+                  f"{report['fastest']['vs_ort_fp32']['p50']:.2f}x onnxruntime fp32")
+            continue
         if variant == "cached_vs_recompute_at_256":
             c = report["results"]
             print(f"\ncached step at 256: p50 {c['cached_step_256']['p50_ms']:.2f} ms vs recompute 257: "
@@ -166,7 +317,10 @@ def main():
     ap.add_argument("--variants", nargs="+", default=["fp32"])
     ap.add_argument("--name", default="cpu_suite", help="results/<name>.json")
     args = ap.parse_args()
-    result = {"machine": rb.machine(), "libraries": rb.library_versions(), "torch_threads": torch.get_num_threads()}
+    from pixdeploy.cpu import cpu_class
+
+    result = {"machine": rb.machine(), "cpu_class": cpu_class(), "libraries": rb.library_versions(),
+              "torch_threads": torch.get_num_threads()}
     if "encoder" in args.parts:
         result["encoder"] = []
 

@@ -14,9 +14,13 @@ calibration), so each variant is a pair of graphs that any TensorRT, or onnxrunt
 - ``int8-tensorrt`` — explicit symmetric Q/DQ (zero point 0): weights per output channel, activations
   per tensor, on the matrix multiplies of both graphs; attention, norms and the KV cache stay float.
   What TensorRT 10.x and 11.x build int8 engines from.
-- ``int8-cpu`` — what is fast on onnxruntime CPU (chosen by ``benchmarks/quantized_cpu.py``): dynamic
-  quantization of the same matrix multiplies (activation ranges measured per call, signed per-channel
-  weights); symmetric Q/DQ runs no faster than fp32 there.
+- ``int8-cpu`` — what is fastest on onnxruntime CPU *on the machine that quantizes*: which int8 scheme wins
+  depends on the instruction set (plain AVX2 needs three instructions per int8 multiply-add, AVX-512 VNNI
+  and AVX-VNNI one), so the candidate schemes of the same matrix multiplies (`CPU_SCHEMES`: dynamic, static
+  u8s8 Q/DQ with per-channel weights, each also with reduced-range weights) are all made, timed interleaved
+  against fp32 for a few seconds (encoder and one decoder step at batch 1), and the fastest that passes the
+  int8 parity gate is kept. The manifest records the scheme, every measured ratio and the CPU's
+  instruction-set class (`pixdeploy.cpu.cpu_class`); loading the variant on a CPU of another class warns.
 
 The quantizer is onnxruntime's (`onnxruntime.quantization`): it is already a dependency, writes the
 IR version and opset the rest of the bundle uses, and runs on every machine that runs the bundle;
@@ -71,7 +75,8 @@ VARIANTS = {
     ("fp16", "cpu"): Variant("fp16", "fp16", "any", "half-precision export with fp32 islands"),
     ("int8", "tensorrt"): Variant("int8-tensorrt", "int8", "tensorrt",
                                   "onnxruntime QDQ, symmetric int8, per-channel weights, MinMax calibration"),
-    ("int8", "cpu"): Variant("int8-cpu", "int8", "cpu", "onnxruntime dynamic int8, per-channel weights"),
+    ("int8", "cpu"): Variant("int8-cpu", "int8", "cpu",
+                             "onnxruntime int8, the scheme measured fastest on this CPU that passes parity"),
 }
 PRECISIONS = ("fp16", "int8")
 TARGETS = ("tensorrt", "cpu")
@@ -204,8 +209,131 @@ def calibrate(bundle: Bundle, images: list, cache_path: Path | None, echo) -> Ca
     return cache
 
 
-def make_int8(bundle: Bundle, variant: Variant, out: Path, cache: CalibrationCache | None) -> dict:
+@dataclass(frozen=True)
+class CpuScheme:
+    """One candidate int8 scheme for onnxruntime CPU: how the weight matmuls of both graphs are quantized."""
+
+    name: str
+    method: str  # recorded in the manifest
+    static: bool  # needs calibrated activation ranges
+    options: dict  # onnxruntime quantizer arguments
+
+
+CPU_SCHEMES = {s.name: s for s in (
+    CpuScheme("dynamic", "onnxruntime dynamic int8 (ranges per call), signed per-channel weights", False,
+              {"reduce_range": False}),
+    CpuScheme("dynamic-reduced-range", "onnxruntime dynamic int8, 7-bit signed per-channel weights", False,
+              {"reduce_range": True}),
+    CpuScheme("static-u8s8-qdq", "onnxruntime static Q/DQ, unsigned activations, signed per-channel weights", True,
+              {"reduce_range": False}),
+    CpuScheme("static-u8s8-qdq-reduced-range", "onnxruntime static Q/DQ, unsigned activations, 7-bit signed "
+              "per-channel weights", True, {"reduce_range": True}),
+)}
+
+
+def make_cpu_scheme(scheme: CpuScheme, src: Path, dst: Path, nodes: list[str], ranges_file: Path | None) -> None:
+    """One graph quantized with ``scheme`` (``ranges_file``: onnxruntime calibration cache, static schemes)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    with quiet_quantizer():
+        if scheme.static:
+            quantize_static(src, dst, None, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(WEIGHT_OPS),
+                            nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibration_cache_path=ranges_file,
+                            reduce_range=scheme.options["reduce_range"],
+                            extra_options={"WeightSymmetric": True,
+                                           "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)})
+        else:
+            quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=True,
+                             weight_type=QuantType.QInt8, reduce_range=scheme.options["reduce_range"])
+
+
+def make_cpu_candidates(bundle: Bundle, root: Path, cache: CalibrationCache | None) -> dict[str, dict[str, Path]]:
+    """Every scheme of `CPU_SCHEMES` made into ``root/<scheme>/`` -> scheme -> graph -> path."""
+    out = {}
+    for scheme in CPU_SCHEMES.values():
+        folder = root / scheme.name
+        folder.mkdir()
+        for g in GRAPHS:
+            src = bundle.graph_path(g)
+            nodes = weight_matmuls(onnx.load(str(src), load_external_data=False))
+            ranges = cache.ort_cache_file(g, folder) if scheme.static else None
+            make_cpu_scheme(scheme, src, folder / f"{g}.onnx", nodes, ranges)
+            if ranges is not None:
+                ranges.unlink()
+        out[scheme.name] = {g: folder / f"{g}.onnx" for g in GRAPHS}
+    return out
+
+
+# Interleaved rounds: each calls every scheme's encoder once and its decoder step DECODE_BLOCK times; at least
+# MEASURE_ROUNDS, more while under MEASURE_SECONDS (tiny models: a round is milliseconds, noisy), at most MAX_ROUNDS.
+MEASURE_ROUNDS, MEASURE_SECONDS, MAX_ROUNDS = 5, 3.0, 60
+DECODE_BLOCK = 5
+
+
+def measure_cpu_schemes(bundle: Bundle, candidates: dict[str, dict[str, Path]], images: list,
+                        rounds: int = MEASURE_ROUNDS, clock=time.perf_counter) -> dict:
+    """Time each candidate against fp32 on onnxruntime CPU, interleaved (noise hits all alike): the encoder on
+    one real image, one decoder step at batch 1 after a real prefill. -> scheme -> {"encoder": {p50, p90,
+    p99}, "decoder_step": {...}} as ratios fp32 / scheme (> 1: faster), and "score", their geometric mean at p50."""
+    import numpy as np
+    from pixdeploy.runtime.backends import OnnxRuntimeRunner
+    from pixdeploy.runtime.pipeline import Pipeline
+
+    graphs = {"fp32": {g: bundle.graph_path(g) for g in GRAPHS}, **candidates}
+    with Pipeline.open(bundle, device="cpu") as pipe:
+        rgb, sizes = pipe.preprocess(images[:1])
+        emb = pipe.embed_letterboxed(rgb, sizes)
+        ids = pipe.prompt_ids()
+        _, cache = pipe.prefill(emb, ids)
+        enc_feed = {"images": rgb, "sizes": sizes}
+        dec_feed = {"embeds": pipe.text_embeddings[ids[-1:]][None].astype(np.float32),
+                    "input_pos": np.array([len(ids)], np.int64), **cache}
+    runners = {n: {g: OnnxRuntimeRunner.open(p, "cpu") for g, p in gs.items()} for n, gs in graphs.items()}
+    samples = {n: {"encoder": [], "decoder_step": []} for n in graphs}
+    try:
+        for _ in range(2):  # warm-up: first calls allocate
+            for r in runners.values():
+                r["image_encoder"].infer(enc_feed)
+                r["decoder"].infer(dec_feed)
+        start, done = time.perf_counter(), 0
+        while done < rounds or (time.perf_counter() - start < MEASURE_SECONDS and done < MAX_ROUNDS):
+            done += 1
+            for n, r in runners.items():
+                t = clock()
+                r["image_encoder"].infer(enc_feed)
+                samples[n]["encoder"].append(clock() - t)
+                for _ in range(DECODE_BLOCK):
+                    t = clock()
+                    r["decoder"].infer(dec_feed)
+                    samples[n]["decoder_step"].append(clock() - t)
+    finally:
+        for r in runners.values():
+            for runner in r.values():
+                runner.close()
+    return scheme_ratios(samples)
+
+
+def scheme_ratios(samples: dict) -> dict:
+    """Raw seconds (name -> stage -> samples, "fp32" among the names) -> ratios fp32 / scheme per percentile."""
+    import numpy as np
+
+    def pct(xs, q):
+        return float(np.percentile(np.asarray(xs, np.float64), q))
+
+    out = {}
+    for n, stages in samples.items():
+        if n == "fp32":
+            continue
+        row = {st: {f"p{q}": round(pct(samples["fp32"][st], q) / pct(xs, q), 4) for q in (50, 90, 99)}
+               for st, xs in stages.items()}
+        row["score"] = round(float(np.sqrt(row["encoder"]["p50"] * row["decoder_step"]["p50"])), 4)
+        out[n] = row
+    return out
+
+
+def make_int8(bundle: Bundle, variant: Variant, out: Path, cache: CalibrationCache | None) -> dict:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     for g in GRAPHS:
         src = bundle.graph_path(g)
@@ -220,9 +348,8 @@ def make_int8(bundle: Bundle, variant: Variant, out: Path, cache: CalibrationCac
                     # Q/DQ would force a requantize before attention and the norms, which stay float).
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                    "OpTypesToExcludeOutputQuantization": list(WEIGHT_OPS)})
-            else:
-                quantize_dynamic(src, out / f"{g}.onnx", op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-                                 per_channel=True, weight_type=QuantType.QInt8)
+            else:  # the cpu target's first scheme, for callers that want one without measuring
+                make_cpu_scheme(CPU_SCHEMES["dynamic"], src, out / f"{g}.onnx", nodes, None)
     return {"images": cache.images, "source": cache.source} if variant.target == "tensorrt" else {}
 
 
@@ -240,10 +367,8 @@ def pin_ir_version(path: Path, ir_version: int) -> None:
 
 def check_request(variant: Variant, calib, calib_count, calib_cache) -> None:
     """Options that do not fit the variant, refused before any work."""
-    int8 = variant.precision == "int8"
-    if variant.name != "int8-tensorrt" and (calib is not None or calib_count is not None or calib_cache is not None):
-        why = "fp16 needs no calibration" if not int8 else "int8 for cpu measures activation ranges as it runs"
-        raise PixdeployError(f"--calib, --calib-count and --calib-cache are for int8 --target tensorrt; {why}")
+    if variant.precision != "int8" and (calib is not None or calib_count is not None or calib_cache is not None):
+        raise PixdeployError("--calib, --calib-count and --calib-cache are for int8; fp16 needs no calibration")
     if calib_count is not None and calib_count < 1:
         raise CalibrationError(f"--calib-count must be at least 1, got {calib_count}")
 
@@ -290,13 +415,15 @@ def check_fits_target(bundle: Bundle, variant: Variant, out: Path) -> None:
 
 def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, checkpoint=None, calib=None,
                     calib_count: int | None = None, calib_cache=None, parity_images: list | None = None,
-                    extra_checks: Callable | None = None, steps: int = 8, force: bool = False, echo=print):
+                    extra_checks: Callable | None = None, steps: int = 8, force: bool = False, echo=print,
+                    measure: Callable | None = None):
     """Add a variant to a bundle once it passes its precision's parity gate. Returns (Bundle, ParityResult).
 
     The bundle transaction is the format module's (`adding_variant`): a kill at any moment leaves the bundle
     loading and verifying as before. ``extra_checks(pipeline) -> [Check]`` adds checks to the gate (the demo's
     held-out reading). ``steps``: greedy tokens compared per image (an answer's length, not a page's:
-    past a model's answer its tokens are guesses that quantization noise may flip).
+    past a model's answer its tokens are guesses that quantization noise may flip). ``measure``: how int8-cpu
+    times its candidate schemes (default `measure_cpu_schemes`; tests pass rigged timings).
     """
     variant = choose_variant(precision, target)
     check_request(variant, calib, calib_count, calib_cache)
@@ -307,25 +434,36 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ch
     ck = source_model(bundle, checkpoint)
     if calib_cache is not None and not _cache_hit(calib_cache):
         check_not_inside(Path(calib_cache), bundle.path)  # written: never into the bundle being changed
-    calibrated = variant.name == "int8-tensorrt"  # int8-cpu measures activation ranges per call
+    calibrated = variant.precision == "int8"  # int8-cpu: for its static candidate schemes
     images = calibration_images(calib, calib_count) if calibrated and not _cache_hit(calib_cache) else []
     model = ck.load_model()
     t0 = time.perf_counter()
-    with adding_variant(bundle.path, variant.name, force=force, echo=echo) as (staged, entry):
-        detail = make_graphs(bundle, variant, model, staged.dir, images, calib_cache, echo)
-        entry.update(precision=variant.precision, target=variant.target, method=variant.method,
-                     graphs={g: {"file": staged.entry_file(f"{g}.onnx")} for g in GRAPHS})
-        if detail:
-            entry["calibration"] = detail
-        seconds = time.perf_counter() - t0
+    parity_images = parity_images or default_parity_images()
+
+    def gate(entry: dict, staged) -> object:
         echo(f"checking {variant.name} parity against PyTorch fp32")
         from pixdeploy.runtime.pipeline import Pipeline
 
         with Pipeline.open(staged.view(entry), device="cpu", variant=variant.name) as pipe:
-            result = check_parity(model, pipe, parity_images or default_parity_images(),
-                                  precision=variant.precision, steps=steps)
+            result = check_parity(model, pipe, parity_images, precision=variant.precision, steps=steps)
             if extra_checks is not None:
                 result.checks += extra_checks(pipe)
+        return result
+
+    with adding_variant(bundle.path, variant.name, force=force, echo=echo) as (staged, entry):
+        entry.update(precision=variant.precision, target=variant.target, method=variant.method,
+                     graphs={g: {"file": staged.entry_file(f"{g}.onnx")} for g in GRAPHS})
+        if variant.name == "int8-cpu":
+            cache = calibrate(bundle, images, Path(calib_cache) if calib_cache else None, echo)
+            result = choose_cpu_scheme(bundle, staged, entry, cache, gate, measure or measure_cpu_schemes,
+                                       parity_images, echo)
+            seconds = time.perf_counter() - t0
+        else:
+            detail = make_graphs(bundle, variant, model, staged.dir, images, calib_cache, echo)
+            if detail:
+                entry["calibration"] = detail
+            seconds = time.perf_counter() - t0
+            result = gate(entry, staged)
         (staged.dir / "parity.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
         if not result:
             names = ", ".join(f"{c.name}={c.value:.3g}" for c in result.failures)
@@ -333,6 +471,47 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ch
         entry.update(parity={"passed": True, "checks": {c.name: c.value for c in result.checks}},
                      seconds=round(seconds, 1))
     return Bundle(bundle.path), result
+
+
+def choose_cpu_scheme(bundle: Bundle, staged, entry: dict, cache: CalibrationCache, gate, measure, images: list,
+                      echo):
+    """Make every candidate scheme, time them against fp32 here, then put the fastest through the parity gate,
+    the next fastest when it fails, and so on. Records in ``entry`` the scheme, the ratios and the CPU class;
+    returns the kept scheme's parity result (or the last failing one, when none passes)."""
+    import shutil
+
+    from pixdeploy.cpu import cpu_class
+
+    isa = cpu_class()
+    with tempfile.TemporaryDirectory(prefix="pixdeploy-cpu-schemes-") as tmp:
+        echo(f"making {len(CPU_SCHEMES)} int8 schemes: {', '.join(CPU_SCHEMES)}")
+        candidates = make_cpu_candidates(bundle, Path(tmp), cache)
+        echo(f"timing them against fp32 on this CPU ({isa}), interleaved")
+        ratios = measure(bundle, candidates, images)
+        order = sorted(ratios, key=lambda n: -ratios[n]["score"])
+        for n in order:
+            r = ratios[n]
+            echo(f"  {n}: encoder {r['encoder']['p50']:.2f}x, decoder step {r['decoder_step']['p50']:.2f}x fp32 (p50)")
+        rejected, result = {}, None
+        for n in order:
+            for g in GRAPHS:
+                shutil.copyfile(candidates[n][g], staged.dir / f"{g}.onnx")
+                pin_ir_version(staged.dir / f"{g}.onnx", bundle.export_profile.ir_version)
+            entry["method"] = CPU_SCHEMES[n].method
+            echo(f"trying {n}, the fastest left")
+            result = gate(entry, staged)
+            if result:
+                break
+            rejected[n] = ", ".join(f"{c.name}={c.value:.3g}" for c in result.failures)
+            echo(f"  {n} failed parity ({rejected[n]})")
+        else:
+            return result
+    entry["cpu_scheme"] = {"scheme": n, "isa": isa, "ratios_vs_fp32": ratios, "rejected_by_parity": rejected,
+                           "measured": "onnxruntime CPU, interleaved with fp32: encoder at batch 1, one decoder "
+                                       "step at batch 1; ratio = fp32 time / scheme time"}
+    if CPU_SCHEMES[n].static:
+        entry["calibration"] = {"images": cache.images, "source": cache.source}
+    return result
 
 
 def _cache_hit(calib_cache) -> bool:

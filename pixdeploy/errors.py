@@ -28,3 +28,8 @@ class CheckpointError(PixdeployError):
 class ContextLimitWarning(UserWarning):
     """Generation was cut short because the prompt leaves less context than the tokens asked for.
     Issued by the runtime API (``warnings``); the CLI prints it as one ``warning:`` line on stderr."""
+
+
+class CpuClassWarning(UserWarning):
+    """An int8-cpu variant runs on a CPU of another instruction-set class than the one its scheme was measured
+    fastest on: it runs, maybe not at its fastest. Issued by `Pipeline.open`; the CLI prints one ``warning:`` line."""

@@ -3,7 +3,8 @@ graph's declared inputs (names, dtype, rank, fixed dims), then runs (`infer_impl
 the runner holds, and a runner is a context manager.
 
 `onnxruntime` runs the ONNX graphs (CPU, or CUDA when onnxruntime-gpu is installed). `tensorrt` runs
-engines built from the same graphs (`pixdeploy build-engine`). `open_runners` builds both runners of a
+engines built from the same graphs (`pixdeploy build-engine`). `openvino` runs the graphs, inlined, on
+OpenVINO's CPU plugin at fp32 or bf16 (`pixdeploy.runtime.openvino_backend`). `open_runners` builds both runners of a
 bundle variant for a backend; `Pipeline` takes them.
 """
 
@@ -182,7 +183,14 @@ def _tensorrt_runners(bundle, variant: str, device: str, keep: frozenset, allow_
     return open_engines(bundle, variant, device, keep, allow_host_code=allow_host_code, plugins=tuple(plugins))
 
 
-BACKENDS = {"onnxruntime": _onnxruntime_runners, "tensorrt": _tensorrt_runners}
+def _openvino_runners(bundle, variant: str, device: str, keep: frozenset, precision: str = "fp32",
+                      gate_images=None) -> tuple[Runner, Runner]:
+    from pixdeploy.runtime.openvino_backend import openvino_runners  # OpenVINO and onnx are optional
+
+    return openvino_runners(bundle, variant, device, keep, precision=precision, gate_images=gate_images)
+
+
+BACKENDS = {"onnxruntime": _onnxruntime_runners, "tensorrt": _tensorrt_runners, "openvino": _openvino_runners}
 
 
 def open_runners(bundle, backend: str, variant: str, device: str, **options) -> tuple[Runner, Runner]:

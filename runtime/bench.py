@@ -145,7 +145,8 @@ def library_versions(torch: bool = True) -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for name in ("pixdeploy", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorrt") + (("torch",) if torch else ()):
+    for name in ("pixdeploy", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt") + (
+            ("torch",) if torch else ()):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -168,11 +169,18 @@ class Case:
     fns: dict[str, Callable[[], object]] = field(default_factory=dict)
 
 
-def load_pipeline(bundle, variant: str, backend: str, device: str):
+def load_pipeline(bundle, variant: str, backend: str, device: str, **backend_options):
     """`Pipeline.load` for the variant asked for (the bundle refuses a variant it does not hold)."""
     from pixdeploy.runtime.pipeline import Pipeline
 
-    return Pipeline.load(bundle, variant=variant, backend=backend, device=device)
+    return Pipeline.load(bundle, variant=variant, backend=backend, device=device, **backend_options)
+
+
+def compute_precision(pipe, backend: str, backend_options: dict) -> str:
+    """The precision the bundle's side computes in, as run: OpenVINO's inference precision, else the variant's."""
+    if backend == "openvino":
+        return backend_options.get("precision", "fp32")
+    return str(pipe.bundle.variant(pipe.variant).get("precision", "?"))
 
 
 def filler_ids(pipe, length: int, seed: int = 0) -> list[int]:
@@ -267,12 +275,15 @@ def sample_images(paths: Sequence | None, image_size: int) -> tuple[np.ndarray, 
 def run_bench(bundle, *, variant: str = "fp32", backend: str = "onnxruntime", device: str = "auto",
               stages: Sequence[str] = STAGES, batches: Sequence[int] = (1, 8), contexts: Sequence[int] | None = None,
               new_tokens: int = 16, iters: int = 20, warmup: int = 3, images: Sequence | None = None,
-              baseline=None, show_progress: bool = False) -> dict:
-    """Time a bundle; with ``baseline`` (a checkpoint path), PyTorch eager alongside. Returns the report."""
+              baseline=None, show_progress: bool = False, backend_options: dict | None = None) -> dict:
+    """Time a bundle; with ``baseline`` (a checkpoint path), PyTorch eager alongside. Returns the report; every
+    row names the backend, variant and compute precision it timed (``backend_options``: `Pipeline.load`'s)."""
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise PixdeployError(f"unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}")
-    pipe = load_pipeline(bundle, variant, backend, device)
+    backend_options = dict(backend_options or {})
+    pipe = load_pipeline(bundle, variant, backend, device, **backend_options)
+    precision = compute_precision(pipe, backend, backend_options)
     eager = None
     if baseline is not None:
         from pixdeploy.eager_baseline import EagerBaseline  # needs torch: the [train] extra
@@ -288,7 +299,12 @@ def run_bench(bundle, *, variant: str = "fp32", backend: str = "onnxruntime", de
     bar = tqdm(cases, desc="timing", unit="case", file=sys.stderr, disable=not show_progress)
     for case in bar:
         bar.set_postfix_str(f"{case.stage} batch {case.batch}" + (f" context {case.context}" if case.context else ""))
-        rows += measure(case, iters, warmup, eager.device_memory_mb if eager else None).values()
+        measured = measure(case, iters, warmup, eager.device_memory_mb if eager else None)
+        measured[BUNDLE].update(backend=backend, variant=variant, precision=precision)
+        if EAGER in measured:
+            measured[EAGER].update(backend="torch", variant="fp32", precision="fp32")
+        rows += measured.values()
+    pipe.close()
     providers = getattr(pipe.encoder, "providers", None)
     return {
         "format": REPORT_FORMAT, "format_version": REPORT_VERSION,
@@ -296,7 +312,8 @@ def run_bench(bundle, *, variant: str = "fp32", backend: str = "onnxruntime", de
         "machine": machine(), "libraries": library_versions(torch=eager is not None),
         "bundle": {"path": str(bundle), "manifest_sha256": sha256(Path(bundle) / "manifest.json"),
                    "config": pipe.cfg.to_dict()},
-        "settings": {"variant": variant, "backend": backend, "device": device, "providers": providers,
+        "settings": {"variant": variant, "backend": backend, "precision": precision, "device": device,
+                     "providers": providers,
                      "stages": list(stages), "batches": list(batches), "contexts": ctx, "new_tokens": new_tokens,
                      "iters": iters, "warmup": warmup, "images": len(rgb),
                      "baseline": None if baseline is None else str(baseline)},
@@ -319,14 +336,24 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def impl_label(row: dict, settings: dict) -> str:
+    """What a row timed, named in full: backend/variant/precision (reports written before rows named it: from
+    the settings)."""
+    if row["impl"] == EAGER:
+        return "torch-eager/fp32"
+    backend = row.get("backend", settings.get("backend", "?"))
+    variant = row.get("variant", settings.get("variant", "?"))
+    return f"{backend}/{variant}/{row.get('precision', settings.get('precision', '?'))}"
+
+
 def table(report: dict) -> str:
     s = report["settings"]
-    impl_names = {BUNDLE: f"{s['backend']}/{s['variant']}", EAGER: EAGER}
-    lines = [f"{'stage':<22}{'impl':<20}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'img/s':>9}{'tok/s':>10}"
+    lines = [f"{'stage':<22}{'impl (backend/variant/precision)':<34}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+             f"{'img/s':>9}{'tok/s':>10}"
              f"{'RSS MiB':>9}{'dev MiB':>9}{'x eager':>9}"]
     for r in report["rows"]:
         speed = r.get("speedup_vs_eager", {}).get("p50")
-        lines.append(f"{row_label(r):<22}{impl_names.get(r['impl'], r['impl']):<20}{r['p50_ms']:>9.2f}"
+        lines.append(f"{row_label(r):<22}{impl_label(r, s):<34}{r['p50_ms']:>9.2f}"
                      f"{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}{_fmt(r['images_per_s'], '.1f'):>9}"
                      f"{_fmt(r['tokens_per_s'], '.0f'):>10}{_fmt(r['peak_rss_mb'], '.0f'):>9}"
                      f"{_fmt(r['device_memory_mb'], '.0f'):>9}{_fmt(speed, '.2f'):>9}")
@@ -414,10 +441,11 @@ def compare(new: dict, old: dict, margin: float) -> list[Change]:
     except BadJson as e:
         raise PixdeployError(f"not a pixdeploy bench report: {e}") from None
     gate_latency = same_machine(new, old)
-    before = {row_key(r): r for r in old.get("rows", [])}
+    # A row is compared only with the same backend, variant and precision (a bf16 row never with an fp32 one).
+    before = {(*row_key(r), impl_label(r, old.get("settings") or {})): r for r in old.get("rows", [])}
     out = []
     for r in new["rows"]:
-        o = before.get(row_key(r))
+        o = before.get((*row_key(r), impl_label(r, new.get("settings") or {})))
         if o is None:
             continue
         out.append(Change(row_label(r), r["impl"], "p50", o["p50_ms"], r["p50_ms"],

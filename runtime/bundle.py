@@ -341,6 +341,31 @@ class Bundle:
             raise BundleError(f"damaged bundle {self.path}: variant {printable(variant)} lists no graph {graph!r}")
         return self.checked(entry["file"])
 
+    def cpu_scheme(self, name: str = DEFAULT_VARIANT) -> dict | None:
+        """What `quantize --target cpu` measured and chose for ``name``: {scheme, isa, ratios_vs_fp32 (scheme ->
+        stage -> p50/p90/p99, and score), rejected_by_parity}; None for a variant without one. Untrusted text is
+        escaped and numbers that are not numbers are dropped."""
+        record = self.variant(name).get("cpu_scheme")
+        if not isinstance(record, dict):
+            return None
+        scheme, isa = record.get("scheme"), record.get("isa")
+        if not isinstance(scheme, str) or not isinstance(isa, str):
+            raise BundleError(f"damaged bundle {self.path}: variant {printable(name)} records a malformed cpu scheme")
+
+        def number(v):
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+        ratios = {}
+        raw = record.get("ratios_vs_fp32") if isinstance(record.get("ratios_vs_fp32"), dict) else {}
+        for n, r in raw.items():
+            if isinstance(r, dict):
+                ratios[printable(str(n))] = {
+                    **{st: {q: number(v) for q, v in r[st].items()} for st in ("encoder", "decoder_step")
+                       if isinstance(r.get(st), dict)}, "score": number(r.get("score"))}
+        rejected = record.get("rejected_by_parity") if isinstance(record.get("rejected_by_parity"), dict) else {}
+        return {"scheme": printable(scheme), "isa": printable(isa), "ratios_vs_fp32": ratios,
+                "rejected_by_parity": {printable(str(k)): printable(str(v)) for k, v in rejected.items()}}
+
     # -- the decoder's KV cache --
 
     def cache_pairs(self) -> list[CachePair]:

@@ -21,9 +21,22 @@ from pixdeploy.runtime.bundle import DEFAULT_VARIANT, Bundle
 from pixdeploy.runtime.sampling import check_sampling, sample
 
 from pixdeploy.config import EOS_ID, IMAGE_SLOT
-from pixdeploy.errors import ContextLimitWarning, PixdeployError
+from pixdeploy.errors import ContextLimitWarning, CpuClassWarning, PixdeployError
 from pixdeploy.folding import prepare_batch
 from pixdeploy.sequence import collect_until_stop, image_prompt
+
+
+def warn_cpu_class(bundle: Bundle, variant: str) -> None:
+    """One warning when ``variant``'s int8 scheme was measured fastest on a CPU of another instruction-set class."""
+    from pixdeploy.cpu import cpu_class
+
+    record = bundle.cpu_scheme(variant)
+    here = cpu_class()
+    if record is not None and record["isa"] != here:
+        warnings.warn(CpuClassWarning(
+            f"variant {variant} of {bundle.path} uses the int8 scheme {record['scheme']}, measured fastest on a "
+            f"{record['isa']} CPU; this CPU is {here}: it runs, maybe slower than another scheme would "
+            f"(re-run `pixdeploy quantize --precision int8 --target cpu --force` here)"), stacklevel=3)
 
 
 class Pipeline:
@@ -48,6 +61,7 @@ class Pipeline:
              variant: str = DEFAULT_VARIANT, **backend_options) -> Pipeline:
         """A pipeline on a `Bundle` already read. backend_options: e.g. allow_host_code=True for
         version-compatible TensorRT engines, plugins=[...] for engines with plugin layers (explicit opt-ins)."""
+        warn_cpu_class(bundle, variant)
         encoder, decoder = open_runners(bundle, backend, variant, device, **backend_options)
         return cls(bundle, encoder, decoder, variant)
 

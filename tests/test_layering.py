@@ -17,8 +17,9 @@ LAZY_ALLOWED = {
     ("pixdeploy.folding", "torch"): "fold_torch and letterbox_torch, the training twins the runtime never calls",
 }
 TORCH_FREE_ROOTS = ("pixdeploy.runtime", "pixdeploy.runtime.pipeline", "pixdeploy.runtime.bundle",
-                    "pixdeploy.runtime.backends", "pixdeploy.runtime.tensorrt_backend", "pixdeploy.runtime.ort_gpu",
-                    "pixdeploy.runtime.bench", "pixdeploy.runtime.serve", "pixdeploy.runtime.engine_header")
+                    "pixdeploy.runtime.openvino_backend", "pixdeploy.cpu", "pixdeploy.runtime.backends",
+                    "pixdeploy.runtime.tensorrt_backend", "pixdeploy.runtime.ort_gpu", "pixdeploy.runtime.bench",
+                    "pixdeploy.runtime.serve", "pixdeploy.runtime.engine_header")
 
 
 def source(module: str) -> Path | None:

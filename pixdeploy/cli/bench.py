@@ -52,7 +52,10 @@ class IntList(click.ParamType):
 @main.command()
 @click.argument("bundle", type=PathArg())
 @click.option("--variant", default="fp32", show_default=True, help="Precision variant of the bundle.")
-@click.option("--backend", default="onnxruntime", show_default=True, help="onnxruntime or tensorrt.")
+@click.option("--backend", default="onnxruntime", show_default=True,
+              help="onnxruntime, tensorrt or openvino; every row of the table names it.")
+@click.option("--inference-precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="OpenVINO: compute precision (default fp32; bf16 is gated against onnxruntime fp32 at load).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--stage", "stages", multiple=True, type=click.Choice(["encoder", "prefill", "decode", "generate"]),
               help="Stage to time (repeatable). Default: all four.")
@@ -73,9 +76,10 @@ class IntList(click.ParamType):
               help="An earlier report: print the change and fail when a figure regressed past --margin.")
 @click.option("--margin", type=FiniteFloat(0.0), default=20.0, show_default=True,
               help="Percent a figure may worsen against --compare before it counts as a regression.")
-def bench(bundle, variant, backend, device, stages, batches, contexts, new_tokens, iters, warmup, image_paths,
-          baseline, json_out, compare_with, margin):
+def bench(bundle, variant, backend, inference_precision, device, stages, batches, contexts, new_tokens, iters, warmup,
+          image_paths, baseline, json_out, compare_with, margin):
     """Time a bundle stage by stage: p50/p90/p99, throughput, peak memory; ratios to PyTorch eager with --baseline."""
+    from pixdeploy.cli.run import backend_options
     from pixdeploy.files import check_not_inside, staged_file
     from pixdeploy.runtime.bench import STAGES, compare, compare_table, read_report, run_bench, table
 
@@ -93,7 +97,7 @@ def bench(bundle, variant, backend, device, stages, batches, contexts, new_token
         batches=batches, contexts=contexts,
         new_tokens=new_tokens, iters=iters, warmup=warmup,
         images=image_list(image_paths) if image_paths else None, baseline=baseline,
-        show_progress=True,
+        show_progress=True, backend_options=backend_options(backend, False, (), inference_precision),
     )
     click.echo(table(report))
     if json_out is not None:

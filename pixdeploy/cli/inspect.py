@@ -113,6 +113,35 @@ def describe_variants(b, fp32_parity: dict | None) -> list[str]:
                     + [f"{size:.1f}",
                        *(_figure(measured.get(k)) for k in checks)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["variants:"] + ["    " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["variants:"] + ["    " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    for name in variants:
+        lines += describe_cpu_scheme(b, name)
+    return lines
+
+
+def describe_cpu_scheme(b, name: str) -> list[str]:
+    """What `quantize --target cpu` measured for a variant: the scheme kept, on which CPU class, every candidate's
+    ratios to fp32, and whether this CPU is of the same class."""
+    from pixdeploy.cpu import cpu_class
+
+    record = b.cpu_scheme(name)
+    if record is None:
+        return []
+    here = cpu_class()
+    lines = [f"{printable(name)}: int8 scheme {record['scheme']}, measured fastest on CPU class {record['isa']} "
+             + ("(this CPU's too)" if record["isa"] == here else f"(this CPU is {here}: measured elsewhere)")
+             + "; ratios to fp32 (p50/p90/p99):"]
+    for scheme, r in record["ratios_vs_fp32"].items():
+        stages = "; ".join(f"{st.replace('_', ' ')} " + "/".join(_ratio(r.get(st, {}).get(q))
+                                                                 for q in ("p50", "p90", "p99"))
+                           for st in ("encoder", "decoder_step"))
+        why = record["rejected_by_parity"].get(scheme)
+        mark = "  <- kept" if scheme == record["scheme"] else (f"  failed parity ({why})" if why else "")
+        lines.append(f"    {scheme}: {stages}{mark}")
+    return lines
+
+
+def _ratio(value) -> str:
+    return "?" if value is None else f"{value:.2f}x"
 
 

@@ -11,10 +11,11 @@ from pixdeploy.cli import PathArg, echo_line, image_list, main, printable
 @click.argument("bundle", type=PathArg())
 @click.option("--precision", required=True, metavar="fp16|int8", help="Precision of the new variant.")
 @click.option("--target", default="tensorrt", show_default=True, metavar="tensorrt|cpu",
-              help="Where int8 runs: tensorrt (symmetric Q/DQ) or cpu (fast on onnxruntime CPU). "
-                   "fp16 graphs are the same for both.")
+              help="Where int8 runs: tensorrt (symmetric Q/DQ) or cpu (the int8 scheme measured fastest on this "
+                   "CPU that passes parity; recorded with the CPU's class). fp16 graphs are the same for both.")
 @click.option("--calib", type=PathArg(), default=None,
-              help="Folder of real images to calibrate int8 on; default: sample photos shipped with scikit-learn.")
+              help="Folder of real images to calibrate int8 on (for cpu: its static candidate schemes); default: "
+                   "sample photos shipped with scikit-learn.")
 @click.option("--calib-count", type=int, default=None, help="Calibrate on this many of them, spread evenly.")
 @click.option("--calib-cache", type=PathArg(), default=None,
               help="Calibration cache: reused when it exists (same ranges, nothing recomputed), written otherwise.")

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import click
 
 from pixdeploy.cli import FiniteFloat, PathArg, image_list, main, printable
-from pixdeploy.errors import ContextLimitWarning, PixdeployError
+from pixdeploy.errors import ContextLimitWarning, CpuClassWarning, PixdeployError
 
 
 def variant_option(f):
@@ -17,25 +17,34 @@ def variant_option(f):
 
 
 def runtime_options(f):
-    """--variant, --device, --backend, and the TensorRT backend's two opt-ins, passed to `Pipeline.load`."""
+    """--variant, --device, --backend, the TensorRT backend's two opt-ins and OpenVINO's precision, passed to
+    `Pipeline.load`."""
     f = variant_option(f)
+    f = click.option("--inference-precision", type=click.Choice(["fp32", "bf16"]), default=None,
+                     help="OpenVINO: compute precision (default fp32; bf16 needs a CPU with native bf16 and is "
+                     "gated against onnxruntime fp32 when it loads).")(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
     f = click.option("--plugins", "plugins", multiple=True, type=PathArg(),
                      help="TensorRT: plugin library the engines were built with (repeatable; never taken from "
                      "the bundle).")(f)
     f = click.option("--allow-host-code", is_flag=True,
                      help="TensorRT: allow version-compatible engines, which embed host code (trust their source).")(f)
-    return click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
-                        show_default=True)(f)
+    return click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "openvino"]),
+                        default="onnxruntime", show_default=True)(f)
 
 
-def backend_options(backend: str, allow_host_code: bool, plugins: tuple) -> dict:
-    """The opt-ins `Pipeline.load` takes for ``backend`` (TensorRT's only: refused for onnxruntime)."""
-    if backend != "tensorrt":
-        if allow_host_code or plugins:
-            raise PixdeployError("--allow-host-code and --plugins are for --backend tensorrt")
-        return {}
-    return {"allow_host_code": allow_host_code, "plugins": tuple(plugins)}
+def backend_options(backend: str, allow_host_code: bool, plugins: tuple,
+                    inference_precision: str | None = None) -> dict:
+    """The opt-ins `Pipeline.load` takes for ``backend``; another backend's options are refused."""
+    if backend != "tensorrt" and (allow_host_code or plugins):
+        raise PixdeployError("--allow-host-code and --plugins are for --backend tensorrt")
+    if backend != "openvino" and inference_precision is not None:
+        raise PixdeployError("--inference-precision is for --backend openvino")
+    if backend == "tensorrt":
+        return {"allow_host_code": allow_host_code, "plugins": tuple(plugins)}
+    if backend == "openvino":
+        return {"precision": inference_precision or "fp32"}
+    return {}
 
 
 @main.command()
@@ -52,16 +61,19 @@ def backend_options(backend: str, allow_host_code: bool, plugins: tuple) -> dict
               help="Images decoded together.")
 @runtime_options
 def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream, batch_size, backend,
-             allow_host_code, plugins, device, variant):
+             allow_host_code, plugins, inference_precision, device, variant):
     """Generate text for each image with the torch-free runtime."""
     from pixdeploy.runtime import Pipeline
 
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    with Pipeline.load(bundle, backend=backend, device=device, variant=variant,
-                       **backend_options(backend, allow_host_code, plugins)) as pipe:
+    with warnings_as_lines(), Pipeline.load(bundle, backend=backend, device=device, variant=variant,
+                                            **backend_options(backend, allow_host_code, plugins,
+                                                              inference_precision)) as pipe:
         paths = image_list(images, read=stream)  # streamed output starts at once: a bad image must fail first
-        with warnings_as_lines():
-            _generate(pipe, paths, prompt, kw, stream, batch_size)
+        _generate(pipe, paths, prompt, kw, stream, batch_size)
+
+
+ONE_LINE_WARNINGS = (ContextLimitWarning, CpuClassWarning)
 
 
 @contextmanager
@@ -70,13 +82,14 @@ def warnings_as_lines():
     caught: list = []
     try:
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ContextLimitWarning)
+            for category in ONE_LINE_WARNINGS:
+                warnings.simplefilter("always", category)
             yield
     finally:
-        for message in dict.fromkeys(str(w.message) for w in caught if w.category is ContextLimitWarning):
+        for message in dict.fromkeys(str(w.message) for w in caught if w.category in ONE_LINE_WARNINGS):
             click.echo(f"warning: {message}", err=True)
         for w in caught:  # anything else is shown as Python would have shown it
-            if w.category is not ContextLimitWarning:
+            if w.category not in ONE_LINE_WARNINGS:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
@@ -99,7 +112,7 @@ def _generate(pipe, paths, prompt, kw, stream, batch_size):
 @click.argument("images", nargs=-1, required=True, type=PathArg())
 @click.option("-o", "--out", required=True, type=PathArg(), help=".npy or .safetensors file.")
 @runtime_options
-def embed(bundle, images, out, backend, allow_host_code, plugins, device, variant):
+def embed(bundle, images, out, backend, allow_host_code, plugins, inference_precision, device, variant):
     """Window embeddings (images, windows, dim) of images, saved to .npy or .safetensors."""
     import numpy as np
 
@@ -111,8 +124,9 @@ def embed(bundle, images, out, backend, allow_host_code, plugins, device, varian
     check_file_target(out)  # before the work, not after it
     check_not_inside(out, bundle)  # the embeddings must not land on the bundle they come from
     paths = image_list(images)
-    with Pipeline.load(bundle, backend=backend, device=device, variant=variant,
-                       **backend_options(backend, allow_host_code, plugins)) as pipe:
+    with warnings_as_lines(), Pipeline.load(bundle, backend=backend, device=device, variant=variant,
+                                            **backend_options(backend, allow_host_code, plugins,
+                                                              inference_precision)) as pipe:
         vectors = pipe.embed(paths)
     with staged_file(out, echo=click.echo) as tmp:
         if out.suffix == ".npy":

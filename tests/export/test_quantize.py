@@ -132,7 +132,9 @@ def test_second_run_reuses_the_cache_and_cpu_int8_passes(int8_bundle, digit_imag
     assert json.loads(cache.read_text()) == ranges
     # Same calibration, same graphs: the replaced variant's files are gone and nothing else is left.
     assert len(list((other / "variants").iterdir())) == 1
-    _, result = quantize_bundle(other, "int8", "cpu", parity_images=digit_images_module, steps=STEPS, echo=lines.append)
+    # int8-cpu's static schemes take the same ranges from the same cache: nothing measured again either.
+    _, result = quantize_bundle(other, "int8", "cpu", calib_cache=cache, parity_images=digit_images_module,
+                                steps=STEPS, echo=lines.append)
     assert result and set(Bundle(other).variants) == {"fp32", "int8-tensorrt", "int8-cpu"}
 
 
@@ -163,7 +165,7 @@ def bad_input_cases(path, tmp_path):
         ([str(path), "--precision", "int8", "--force", "--calib", str(empty)], f"{empty} holds no images"),
         ([str(path), "--precision", "int8", "--force", "--calib", str(tmp_path / "nope")], "does not exist"),
         ([str(path), "--precision", "fp16", "--calib", str(empty)], "fp16 needs no calibration"),
-        ([str(path), "--precision", "int8", "--target", "cpu", "--calib-cache", "c.json"], "measures activation"),
+        ([str(path), "--precision", "int8", "--target", "cpu", "--calib", str(empty)], f"{empty} holds no images"),
         ([str(path), "--precision", "int8"], "already has variant int8-tensorrt; pass --force"),
         ([str(damaged), "--precision", "int8"], "decoder.onnx does not match its checksum"),
     ]
@@ -323,3 +325,133 @@ def test_every_variant_keeps_its_bundles_ir_version_and_operator_table(tiny_chec
         proto = onnx.load(str(out / f"{g}.onnx"))
         assert proto.ir_version == 10 == onnx.load(str(bundle.graph_path(g))).ir_version
         assert unsupported(proto, "10.3") == []
+
+
+# ---- int8-cpu: the scheme measured fastest here that passes parity ----
+
+
+def rigged(scores: dict):
+    """A measurement that reports ``scores`` (scheme -> ratio to fp32) instead of timing anything."""
+    calls = []
+
+    def measure(bundle, candidates, images):
+        calls.append(sorted(candidates))
+        return {n: {"encoder": {"p50": scores.get(n, 1.0), "p90": 1.0, "p99": 1.0},
+                    "decoder_step": {"p50": scores.get(n, 1.0), "p90": 1.0, "p99": 1.0}, "score": scores.get(n, 1.0)}
+                for n in candidates}
+
+    measure.calls = calls
+    return measure
+
+
+@pytest.fixture
+def cpu_copy(int8_bundle, tmp_path):
+    path, cache, _ = int8_bundle
+    shutil.copytree(path, tmp_path / "b")
+    return tmp_path / "b", cache
+
+
+def test_int8_cpu_measures_here_and_records_scheme_ratios_and_class(cpu_copy, digit_images_module):
+    from pixdeploy.export.quantize import CPU_SCHEMES
+
+    from pixdeploy.cpu import cpu_class
+
+    path, cache = cpu_copy
+    lines = []
+    _, result = quantize_bundle(path, "int8", "cpu", calib_cache=cache, parity_images=digit_images_module,
+                                steps=STEPS, echo=lines.append)  # the real measurement, on this machine
+    assert result
+    record = Bundle(path).cpu_scheme("int8-cpu")
+    assert record["scheme"] in CPU_SCHEMES and record["isa"] == cpu_class() and record["isa"] != "other"
+    assert set(record["ratios_vs_fp32"]) == set(CPU_SCHEMES)
+    for r in record["ratios_vs_fp32"].values():
+        assert all(r[st][q] > 0 for st in ("encoder", "decoder_step") for q in ("p50", "p90", "p99"))
+    best = max(record["ratios_vs_fp32"], key=lambda n: record["ratios_vs_fp32"][n]["score"])
+    assert record["scheme"] == best and record["rejected_by_parity"] == {}
+    assert Bundle(path).variant("int8-cpu")["method"] == CPU_SCHEMES[best].method
+    out = CliRunner().invoke(main, ["inspect", str(path)]).output
+    assert f"int8-cpu: int8 scheme {best}, measured fastest on CPU class {cpu_class()} (this CPU's too)" in out
+    assert f"    {best}: encoder " in out and "<- kept" in out
+    assert Bundle(path).cpu_scheme("fp32") is None
+
+
+def test_a_rigged_measurement_picks_the_fastest_scheme(cpu_copy, digit_images_module):
+    path, cache = cpu_copy
+    for fastest in ("static-u8s8-qdq", "dynamic-reduced-range"):
+        measure = rigged({fastest: 2.5, "dynamic": 1.5})
+        quantize_bundle(path, "int8", "cpu", calib_cache=cache, parity_images=digit_images_module, steps=STEPS,
+                        force=True, echo=lambda *_: None, measure=measure)
+        record = Bundle(path).cpu_scheme("int8-cpu")
+        assert record["scheme"] == fastest and record["ratios_vs_fp32"][fastest]["score"] == 2.5
+        assert len(measure.calls) == 1
+    # The graphs kept are the scheme's: static Q/DQ has QuantizeLinear nodes, dynamic has DynamicQuantizeLinear.
+    ops = {n.op_type for n in onnx.load(str(Bundle(path).graph_path("image_encoder", "int8-cpu"))).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
+
+
+def test_a_scheme_failing_parity_is_not_chosen(cpu_copy, digit_images_module, monkeypatch):
+    from onnx import numpy_helper as nh
+    from pixdeploy.export import quantize as q
+
+    real = q.make_cpu_scheme
+    broken = q.CpuScheme("broken-weights", "weights negated", False, {"reduce_range": False})
+
+    def make(scheme, src, dst, nodes, ranges):
+        if scheme is not broken:
+            return real(scheme, src, dst, nodes, ranges)
+        proto = onnx.load(str(src))  # a scheme whose graphs answer wrongly: every matmul weight negated
+        weights = {n.input[1] for n in proto.graph.node if n.name in nodes}
+        for init in proto.graph.initializer:
+            if init.name in weights:
+                init.CopyFrom(nh.from_array(-nh.to_array(init), init.name))
+        onnx.save(proto, str(dst))
+
+    monkeypatch.setattr(q, "make_cpu_scheme", make)
+    monkeypatch.setitem(q.CPU_SCHEMES, broken.name, broken)
+    path, cache = cpu_copy
+    lines = []
+    quantize_bundle(path, "int8", "cpu", calib_cache=cache, parity_images=digit_images_module, steps=STEPS,
+                    echo=lines.append, measure=rigged({"broken-weights": 9.0, "static-u8s8-qdq": 2.0}))
+    record = Bundle(path).cpu_scheme("int8-cpu")
+    assert record["scheme"] == "static-u8s8-qdq"
+    assert "logits_cosine_min=-" in record["rejected_by_parity"]["broken-weights"]
+    assert any("broken-weights failed parity" in line for line in lines)
+    assert Bundle(path).variant("int8-cpu")["calibration"]["images"] > 0  # a static scheme records its calibration
+
+
+def test_every_scheme_failing_parity_leaves_the_bundle(cpu_copy, digit_images_module, monkeypatch):
+    from pixdeploy.export.parity import ParityError
+
+    from pixdeploy.parity_limits import THRESHOLDS
+
+    path, cache = cpu_copy
+    before = snapshot(path)
+    monkeypatch.setitem(THRESHOLDS, "int8", {"embed_cosine_min": 1.5})  # no int8 graph points that way
+    with pytest.raises(ParityError, match="int8-cpu failed its parity gate"):
+        quantize_bundle(path, "int8", "cpu", calib_cache=cache, parity_images=digit_images_module, steps=STEPS,
+                        echo=lambda *_: None, measure=rigged({}))
+    assert snapshot(path) == before
+
+
+def test_loading_on_a_cpu_of_another_class_warns_in_one_line(cpu_copy, digit_images_module, monkeypatch, photo,
+                                                              tmp_path):
+    from pixdeploy.errors import CpuClassWarning
+
+    path, cache = cpu_copy
+    quantize_bundle(path, "int8", "cpu", calib_cache=cache, parity_images=digit_images_module, steps=STEPS,
+                    echo=lambda *_: None, measure=rigged({"dynamic": 3.0}))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CpuClassWarning)
+        Pipeline.load(path, device="cpu", variant="int8-cpu").close()  # the same class: no warning
+    monkeypatch.setattr("pixdeploy.cpu.cpu_class", lambda: "neon-dotprod")  # never the class of an x86 runner
+    with pytest.warns(CpuClassWarning, match="measured fastest on a .* CPU; this CPU is neon-dotprod"):
+        with Pipeline.load(path, device="cpu", variant="int8-cpu") as pipe:
+            assert pipe.embed([photo]).shape[0] == 1  # it still runs
+    photo.save(tmp_path / "p.png")
+    r = CliRunner().invoke(main, ["generate", str(path), str(tmp_path / "p.png"), "--variant",
+                                                  "int8-cpu", "--max-new-tokens", "2"])
+    assert r.exit_code == 0, r.output
+    warned = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "this CPU is neon-dotprod" in warned[0] and r.stderr.count("\n") == 1

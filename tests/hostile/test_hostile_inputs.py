@@ -78,6 +78,9 @@ COMMANDS: dict[str, dict] = {
     "generate --top-p": {
         "float": lambda v, g: ["generate", g.bundle, g.image, "--top-p", v],
     },
+    "generate --backend openvino": {
+        "bundle": lambda v, g: ["generate", v, g.image, "--backend", "openvino"],
+    },
     "generate --stream": {
         "image": lambda v, g: ["generate", g.bundle, v, "--stream"],
     },

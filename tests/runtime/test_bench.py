@@ -43,6 +43,14 @@ def test_every_stage_and_batch_is_timed_against_eager(report, tiny_bundle):
     assert "onnxruntime/fp32" in text and EAGER in text and "machine:" in text
 
 
+def test_every_row_names_its_backend_variant_and_precision(report):
+    for r in report["rows"]:
+        expect = ("torch", "fp32", "fp32") if r["impl"] == EAGER else ("onnxruntime", "fp32", "fp32")
+        assert (r["backend"], r["variant"], r["precision"]) == expect
+    lines = table(report).splitlines()[1:-1]
+    assert lines and all(("onnxruntime/fp32/fp32" in line) != ("torch-eager/fp32" in line) for line in lines)
+
+
 def test_interleaved_percentiles_come_from_the_samples():
     calls = []
     s = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, iters=4, warmup=1)

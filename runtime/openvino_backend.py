@@ -1,0 +1,181 @@
+"""OpenVINO on the CPU: the bundle's ONNX graphs, inlined in memory, compiled at fp32 or bf16.
+
+    Pipeline.load("bundle/", backend="openvino")                          # fp32 (never OpenVINO's own default)
+    Pipeline.load("bundle/", backend="openvino", precision="bf16")        # bf16, gated at load
+
+OpenVINO 2026.4 does not expand ONNX local functions ("No conversion rule found for operations:
+pixdeploy.ColorFold, ..."), so each graph is inlined first (`onnx.inliner.inline_local_functions`: the
+custom nodes become their function bodies, which is exactly what they compute) and handed to OpenVINO as
+bytes; nothing is written to the bundle or beside it. ``onnx`` is therefore part of the ``openvino`` extra
+(``pip install "pixdeploy[openvino]"``); neither needs torch.
+
+Precision is always set explicitly (``INFERENCE_PRECISION_HINT``): OpenVINO itself picks bf16 on a CPU
+that has it, and a backend that silently drops to ~3 significant digits is not what ``fp32`` means.
+``bf16`` is refused in one line on a CPU without native bf16 (OpenVINO would emulate it, slower than fp32)
+and is gated when it loads: the bf16 pipeline and onnxruntime on the same graphs (fp32 compute; for the
+fp32 variant, onnxruntime fp32) answer the gate's images (default: the real photos and handwriting
+scikit-learn ships) and must agree within the fp16 limits of the parity table (`pixdeploy.parity_limits`:
+embedding and prefill-logit cosine >= 0.999, the same greedy answers over 8 tokens); a pipeline that fails
+is refused with the figures, never run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pixdeploy.runtime.backends import Runner
+
+from pixdeploy.errors import PixdeployError
+
+PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # our name -> OpenVINO's inference precision
+GATE_STEPS = 8  # greedy tokens compared per gate image (an answer's length, as in `quantize`'s gate)
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise PixdeployError('OpenVINO is not installed: pip install "pixdeploy[openvino]"') from None
+    return openvino
+
+
+def inlined_onnx(path) -> bytes:
+    """The graph at ``path`` with every ONNX local function (the pixdeploy custom nodes) inlined, serialized."""
+    try:
+        import onnx
+        import onnx.inliner
+    except ImportError:
+        raise PixdeployError("the openvino backend needs onnx to inline the graphs: "
+                             'pip install "pixdeploy[openvino]"') from None
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # a damaged graph (its checksum was recomputed) is the user's, not a bug
+        raise PixdeployError(f"cannot load {path}: {str(e).splitlines()[0][:300]}") from None
+    return onnx.inliner.inline_local_functions(proto).SerializeToString()
+
+
+def cpu_has_bf16(core) -> bool:
+    """OpenVINO's own view: the CPU plugin lists BF16 among its capabilities only where it is native."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVinoRunner(Runner):
+    """One compiled OpenVINO model and its infer request; outputs come back as numpy arrays (copies: the request
+    reuses its buffers)."""
+
+    def __init__(self, compiled, keep=frozenset(), precision: str = "fp32"):
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.inputs = {p.get_any_name(): (p.get_element_type().to_dtype().type,
+                                          tuple(d.get_length() if d.is_static else "?" for d in p.get_partial_shape()))
+                       for p in compiled.inputs}
+        self.output_names = [o.get_any_name() for o in compiled.outputs]
+        self.keep = frozenset(keep)
+        self.precision = precision
+        self.providers = [f"OpenVINO CPU {precision}"]  # what `bench` reports as what ran
+
+    @classmethod
+    def open(cls, path, precision: str = "fp32", keep=frozenset(), core=None) -> OpenVinoRunner:
+        ov = _openvino()
+        core = core or ov.Core()
+        try:
+            model = core.read_model(inlined_onnx(path))
+            compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+                                                         "PERFORMANCE_HINT": "LATENCY"})
+        except PixdeployError:
+            raise
+        except Exception as e:  # OpenVINO raises RuntimeError for graphs it cannot convert
+            raise PixdeployError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:300]}") from None
+        return cls(compiled, keep, precision)
+
+    def infer_impl(self, feed: dict) -> dict:
+        # Inputs are read in place (the call is synchronous and never writes them); outputs are copied out of the
+        # request's buffers, which the next call overwrites, so each result stays the caller's.
+        result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()}, share_inputs=True,
+                                    share_outputs=False)
+        return dict(zip(self.output_names, result.to_tuple()))
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+def openvino_runners(bundle, variant: str, device: str, keep: frozenset, precision: str = "fp32",
+                     gate_images=None) -> tuple[Runner, Runner]:
+    """(image encoder, decoder) on OpenVINO's CPU plugin. ``precision``: fp32 or bf16 (gated, see the module);
+    ``gate_images``: images for the bf16 gate (default: scikit-learn's sample photos and digits)."""
+    if precision not in PRECISIONS:
+        raise PixdeployError(f"unknown OpenVINO precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if device == "cuda":
+        raise PixdeployError("the openvino backend runs on the CPU; use --device cpu or auto")
+    if gate_images is not None and precision != "bf16":
+        raise PixdeployError("gate images are for the bf16 gate (precision bf16)")
+    ov = _openvino()
+    core = ov.Core()
+    if precision == "bf16" and not cpu_has_bf16(core):
+        raise PixdeployError("bf16 asked for, but this CPU has no native bf16 (AVX512_BF16 or AMX); use fp32")
+    encoder = OpenVinoRunner.open(bundle.graph_path("image_encoder", variant), precision, core=core)
+    try:
+        decoder = OpenVinoRunner.open(bundle.graph_path("decoder", variant), precision, keep, core=core)
+    except BaseException:
+        encoder.close()
+        raise
+    if precision == "bf16":
+        try:
+            check_bf16(bundle, variant, encoder, decoder, gate_images)
+        except BaseException:
+            encoder.close()
+            decoder.close()
+            raise
+    return encoder, decoder
+
+
+class Bf16GateError(PixdeployError):
+    """OpenVINO bf16 answered differently from onnxruntime fp32 beyond the fp16 limits."""
+
+
+def gate_checks(got, ref, got_tokens, ref_tokens) -> dict:
+    """The fp16 row of the parity table applied to (embeddings, logits) pairs and greedy tokens:
+    name -> (value, limit, passed)."""
+    from pixdeploy.parity_limits import THRESHOLDS, answer_match, compare
+
+    limits = THRESHOLDS["fp16"]
+    values = {"embed_cosine_min": (compare(got[0], ref[0])["cosine_min"], limits["embed_cosine_min"]),
+              "logits_cosine_min": (compare(got[1], ref[1])["cosine_min"], limits["logits_cosine_min"]),
+              "greedy_match": (answer_match(got_tokens, ref_tokens), limits["greedy_match_min"])}
+    return {k: (v, lim, bool(np.isfinite(v) and v >= lim)) for k, (v, lim) in values.items()}
+
+
+def check_bf16(bundle, variant: str, encoder: Runner, decoder: Runner, gate_images=None) -> dict:
+    """The bf16 gate: the OpenVINO bf16 runners against onnxruntime (fp32 compute) on the same graphs; raises
+    `Bf16GateError` naming every failing figure, returns the checks otherwise."""
+    from pixdeploy.runtime.backends import open_runners
+    from pixdeploy.runtime.pipeline import Pipeline
+
+    from pixdeploy.sample_images import sample_images
+
+    try:
+        images = list(gate_images) if gate_images is not None else sample_images()
+    except PixdeployError:
+        raise PixdeployError("the bf16 gate needs images: install scikit-learn (its sample photos) or pass "
+                             "gate_images") from None
+    try:
+        reference = Pipeline(bundle, *open_runners(bundle, "onnxruntime", variant, "cpu"), variant)
+    except PixdeployError as e:
+        raise PixdeployError(f"the bf16 gate compares with onnxruntime, which cannot run here: {e}") from None
+    with reference:
+        candidate = Pipeline(bundle, encoder, decoder, variant)
+        rgb, sizes = reference.preprocess(images)
+        ids = reference.prompt_ids()
+        steps = max(1, min(GATE_STEPS, bundle.config.max_seq_len - len(ids)))
+        outs = {}
+        for name, pipe in (("ref", reference), ("got", candidate)):
+            emb = pipe.embed_letterboxed(rgb, sizes)
+            logits, _ = pipe.prefill(emb, ids)
+            tokens = np.stack(list(pipe.decode_steps(emb, ids, max_new_tokens=steps, stop=None)), 1)
+            outs[name] = (emb, logits, tokens)
+    checks = gate_checks(outs["got"][:2], outs["ref"][:2], outs["got"][2], outs["ref"][2])
+    failed = [f"{k}={v:.6f} (limit {lim:g})" for k, (v, lim, ok) in checks.items() if not ok]
+    if failed:
+        raise Bf16GateError(f"OpenVINO bf16 of variant {variant} of {bundle.path} failed its gate against "
+                            f"onnxruntime on the same graphs: {', '.join(failed)}; use precision fp32")
+    return checks

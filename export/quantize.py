@@ -496,7 +496,7 @@ def choose_cpu_scheme(bundle: Bundle, staged, entry: dict, cache: CalibrationCac
         for n in order:
             for g in GRAPHS:
                 shutil.copyfile(candidates[n][g], staged.dir / f"{g}.onnx")
-                pin_ir_version(staged.dir / f"{g}.onnx", bundle.export_profile.ir_version)
+                pin_ir_version(staged.dir / f"{g}.onnx", get_profile(bundle.export_target).ir_version)
             entry["method"] = CPU_SCHEMES[n].method
             echo(f"trying {n}, the fastest left")
             result = gate(entry, staged)

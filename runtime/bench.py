@@ -401,12 +401,17 @@ def check_report(doc: object) -> None:
     libraries = need(doc, "libraries", "an object", default={})
     if not all(isinstance(v, str) for v in libraries.values()):
         raise BadJson("field 'libraries' is not an object of version strings")
+    settings = need(doc, "settings", "an object", default={})
+    for key in ("backend", "variant", "precision"):  # what a row timed (`impl_label`)
+        need(settings, key, "a string", "null", default=None, where="settings")
     for i, row in enumerate(need(doc, "rows", "a list")):
         where = f"rows[{i}]"
         if not isinstance(row, dict):
             raise BadJson(f"{where} is {brief(row)}, not an object")
         need(row, "stage", "a string", where=where)
         need(row, "impl", "a string", where=where)
+        for key in ("backend", "variant", "precision"):
+            need(row, key, "a string", "null", default=None, where=where)
         need(row, "batch", "an integer", where=where)
         need(row, "context", "an integer", "null", where=where)
         need(row, "p50_ms", "a positive number", where=where)

@@ -96,3 +96,31 @@ def test_serve_rejects_a_bad_timeout_and_a_missing_bundle(tmp_path):
     assert res.exit_code == 2 and "--timeout must be a finite number" in res.output
     res = CliRunner().invoke(main, ["serve", str(tmp_path / "nothing")])
     assert res.exit_code == 1 and f"no bundle at {tmp_path / 'nothing'}" in res.output
+
+
+def test_bls_outputs_are_asked_for_in_cpu_memory_with_names_the_python_backend_has():
+    """A KIND_GPU graph model (onnxruntime, TensorRT) hands BLS outputs back in GPU memory, which as_numpy()
+    refuses; the loop asks for CPU memory. The names it uses are checked against the Python-backend stub that
+    nvidia-pytriton ships (its strings; the stub is what runs `model.py`), and the loop passes them on every
+    request (the serve tests run it against that stub)."""
+    import ast
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from pixdeploy.export.triton import MODELS_DIR
+
+    source = (MODELS_DIR / "generate_model.py").read_text()
+    calls = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call)
+             and getattr(n.func, "attr", "") == "InferenceRequest"]
+    assert calls and all(any(k.arg is None for k in c.keywords) for c in calls)  # **kwargs with preferred_memory
+    assert "preferred_memory" in source and "TRITONSERVER_MEMORY_CPU" in source and ".is_cpu()" in source
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None:
+        pytest.skip("nvidia-pytriton is not installed (pip install 'pixdeploy[serve]')")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = Path(next(iter(spec.submodule_search_locations))) / "tritonserver" / "python_backend_stubs" / version \
+        / "triton_python_backend_stub"
+    strings = set(stub.read_bytes().replace(b"\0", b"\n").split(b"\n"))
+    for name in (b"PreferredMemory", b"TRITONSERVER_MEMORY_CPU", b"preferred_memory", b"is_cpu"):
+        assert name in strings, name

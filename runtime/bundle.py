@@ -185,7 +185,7 @@ class Bundle:
                               "`pixdeploy export CHECKPOINT -o BUNDLE`)")
         self.manifest = _upgrade_v1(m) if version == 1 else m
         self.format_version = version
-        self._checked: set[str] = set()
+        self._checked: set = set()  # file names hashed, and ("external", graph) checked for external data
         self._embeddings = None
         try:
             self.config = ModelConfig.from_dict(self._field("config", dict))
@@ -339,7 +339,36 @@ class Bundle:
         entry = graphs.get(graph) if isinstance(graphs, dict) else None
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             raise BundleError(f"damaged bundle {self.path}: variant {printable(variant)} lists no graph {graph!r}")
-        return self.checked(entry["file"])
+        path = self.checked(entry["file"])
+        self._check_external_data(entry["file"], path)
+        return path
+
+    def _check_external_data(self, name: str, path: Path) -> None:
+        """A graph may keep tensors in external files, which a runtime opens by the path the graph names: each
+        must lie inside the bundle, with no symlink, and be among the checksummed files (checked here)."""
+        if ("external", name) in self._checked:
+            return
+        with open(path, "rb") as f:
+            uses_external = EXTERNAL_DATA_MARK in f.read()
+        if uses_external:
+            try:
+                import onnx
+            except ImportError:
+                raise BundleError(f"bundle {self.path}: {printable(name)} keeps tensors in external files; "
+                                  "pip install onnx so they can be checked before loading") from None
+            try:
+                proto = onnx.load(str(path), load_external_data=False)
+            except Exception as e:  # onnx raises protobuf's own errors for a damaged file
+                raise BundleError(f"damaged bundle {self.path}: {printable(name)} does not parse "
+                                  f"({printable(str(e).splitlines()[0][:200])})") from None
+            folder = Path(name).parent
+            for tensor in _external_tensors(proto):
+                location = dict((e.key, e.value) for e in tensor.external_data).get("location", "")
+                if not location or Path(location).is_absolute() or ".." in Path(location).parts:
+                    raise BundleError(f"damaged bundle {self.path}: {printable(name)} keeps "
+                                      f"{printable(tensor.name)} in {printable(location)}, a path outside the bundle")
+                self.checked((folder / location).as_posix() if str(folder) != "." else location)
+        self._checked.add(("external", name))
 
     def cpu_scheme(self, name: str = DEFAULT_VARIANT) -> dict | None:
         """What `quantize --target cpu` measured and chose for ``name``: {scheme, isa, ratios_vs_fp32 (scheme ->
@@ -452,6 +481,35 @@ class Bundle:
                     "checks": [(n, float(v)) for n, v in checks]}
         except (KeyError, TypeError, ValueError, OverflowError):
             raise BundleError(f"damaged bundle {self.path}: parity.json is malformed") from None
+
+
+# How an ONNX TensorProto names an external file: its external_data entry with key "location" (field 1 of
+# StringStringEntryProto, length 8). A graph without these bytes keeps every tensor inside itself.
+EXTERNAL_DATA_MARK = b"\x0a\x08location"
+
+
+def _external_tensors(proto):
+    """Every tensor of a model stored in an external file: initializers of the graph, of its subgraphs and
+    functions, and Constant attributes."""
+    import onnx
+
+    def graphs(g):
+        yield g
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from graphs(attr.g)
+                for sub in attr.graphs:
+                    yield from graphs(sub)
+
+    nodes = [n for f in proto.functions for n in f.node]
+    for g in graphs(proto.graph):
+        yield from (t for t in g.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+        nodes += list(g.node)
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_location == onnx.TensorProto.EXTERNAL:
+                yield attr.t
 
 
 def _upgrade_v1(m: dict) -> dict:

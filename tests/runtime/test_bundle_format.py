@@ -222,3 +222,37 @@ def test_a_graph_that_outputs_nan_is_refused_in_one_line_naming_it(tiny_bundle, 
         assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
         assert "image encoder of variant fp32" in res.output and "NaN or infinite" in res.output
     assert not (tmp_path / "v.npy").exists()
+
+
+def test_external_tensor_files_must_lie_inside_the_bundle_and_be_checksummed(tiny_bundle, tmp_path, photo):
+    """A graph that keeps its weights in an external file: loaded when that file is inside the bundle and
+    listed with its checksum; refused, before any runtime opens it, when it points outside or is unlisted."""
+    import onnx
+    from pixdeploy.export.bundle import write_manifest
+
+    def with_external(name: str, location: str) -> Path:
+        b = copy(tiny_bundle, tmp_path / name)
+        proto = onnx.load(str(b / "decoder.onnx"))
+        onnx.save_model(proto, str(b / "decoder.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="decoder.weights")
+        if location != "decoder.weights":  # the graph names another file: rewrite its locations
+            proto = onnx.load(str(b / "decoder.onnx"), load_external_data=False)
+            for t in proto.graph.initializer:
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = location
+            onnx.save_model(proto, str(b / "decoder.onnx"))
+        m = json.loads((b / "manifest.json").read_text())
+        write_manifest(b, Bundle(b, verify=False).config, {k: m[k] for k in ("source", "parity") if k in m})
+        return b
+
+    inside_b = with_external("inside", "decoder.weights")
+    want = Pipeline.load(tiny_bundle, device="cpu").generate(photo, max_new_tokens=4, stop=None)
+    assert Pipeline.load(inside_b, device="cpu").generate(photo, max_new_tokens=4, stop=None) == want
+    (inside_b / "decoder.weights").write_bytes(b"\0" * (inside_b / "decoder.weights").stat().st_size)
+    with pytest.raises(BundleError, match="decoder.weights does not match its checksum"):
+        Bundle(inside_b)
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
+    outside = with_external("outside", "../secret.bin")
+    with pytest.raises(BundleError, match=r"keeps .* in \.\./secret\.bin, a path outside the bundle"):
+        Bundle(outside)

@@ -22,7 +22,7 @@ is refused with the figures, never run.
 from __future__ import annotations
 
 import numpy as np
-from pixdeploy.runtime.backends import Runner
+from pixdeploy.runtime.backends import Runner, check_signature
 
 from pixdeploy.errors import PixdeployError
 
@@ -118,6 +118,14 @@ def openvino_runners(bundle, variant: str, device: str, keep: frozenset, precisi
         decoder = OpenVinoRunner.open(bundle.graph_path("decoder", variant), precision, keep, core=core)
     except BaseException:
         encoder.close()
+        raise
+    try:
+        for graph, runner in (("image_encoder", encoder), ("decoder", decoder)):
+            check_signature(runner, bundle.graphs[graph], f"{bundle.graph_path(graph, variant)} ({graph} of "
+                            f"variant {variant})")
+    except BaseException:
+        encoder.close()
+        decoder.close()
         raise
     if precision == "bf16":
         try:

@@ -10,6 +10,8 @@ bundle variant for a backend; `Pipeline` takes them.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from pixdeploy.errors import PixdeployError
@@ -33,7 +35,7 @@ def value_spec(value) -> tuple[np.dtype, tuple]:
     return arr.dtype, arr.shape
 
 
-class Runner:
+class Runner(ABC):
     """What every backend is: declared inputs, one feed check, ``infer_impl``, ``close``.
 
     ``inputs``: name -> (numpy dtype, shape), where a dim that is not a non-negative int is free.
@@ -48,8 +50,9 @@ class Runner:
         self.check_feed(feed)
         return self.infer_impl(feed)
 
+    @abstractmethod
     def infer_impl(self, feed: dict) -> dict:
-        raise NotImplementedError
+        """Run a feed already checked; {output name: array or device value}."""
 
     def check_feed(self, feed: dict) -> None:
         missing = set(self.inputs) - set(feed)
@@ -66,7 +69,7 @@ class Runner:
                 if isinstance(want, int) and want >= 0 and got != want:
                     raise PixdeployError(f"input {name}: expected shape {tuple(shape)}, got {tuple(got_shape)}")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- a runner that holds nothing has nothing to free
         """Free what the runner holds (device memory, sessions); a closed runner is not used again."""
 
     def __enter__(self):

@@ -50,7 +50,8 @@ def gpu_slug(name: str) -> str:
 
 
 def engine_dir_name(gpu_name: str, trt_version: str) -> str:
-    """``<gpu>-trt<version>``: one folder per GPU model and exact TensorRT version under bundle/engines/."""
+    """``<gpu>-trt<version>``: one GPU model and exact TensorRT version (the timing cache's name; an engine
+    folder adds the variant, `pixdeploy.runtime.bundle.engine_set_name`)."""
     return f"{gpu_slug(gpu_name)}-trt{trt_version}"
 
 

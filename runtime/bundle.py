@@ -634,21 +634,27 @@ def adding_variant(bundle_path, name: str, *, force: bool, echo=print) -> Iterat
     with locked_dir(bundle_path, echo):  # another quantize may be switching its folder in right now
         sweep_variants(bundle_path, echo)
     root = real_dir(bundle_path, VARIANTS_DIR)
-    if root is None:
+    made_root = root is None
+    if made_root:
         root = bundle_path / VARIANTS_DIR
         root.mkdir()
     final = root / f"{name}-{time.time_ns():x}"  # new each run: never half-replaced
     entry: dict = {}
-    with contextlib.ExitStack() as switching:
-        with staged_dir(final, what="pixdeploy variant", echo=echo) as tmp:
-            staged = StagedVariant(bundle, name, final, tmp)
-            yield staged, entry
-            switching.enter_context(locked_dir(bundle_path, echo))
-        try:
-            _switch_in(bundle_path, name, entry, final, force, echo)
-        except BaseException:
-            shutil.rmtree(final, ignore_errors=True)
-            raise
+    try:
+        with contextlib.ExitStack() as switching:
+            with staged_dir(final, what="pixdeploy variant", echo=echo) as tmp:
+                staged = StagedVariant(bundle, name, final, tmp)
+                yield staged, entry
+                switching.enter_context(locked_dir(bundle_path, echo))
+            try:
+                _switch_in(bundle_path, name, entry, final, force, echo)
+            except BaseException:
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+    except BaseException:
+        if made_root and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # the bundle is left exactly as it was: no empty variants/ either
+        raise
 
 
 def _switch_in(bundle_path: Path, name: str, entry: dict, folder: Path, force: bool, echo) -> None:

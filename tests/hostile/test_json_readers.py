@@ -284,10 +284,10 @@ def test_quantize_refuses_a_bad_calibration_cache_in_one_error_line(tiny_bundle,
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), repr(result.exception)
     last = result.output.strip().splitlines()[-1]  # after quantize's line saying what it makes
     assert result.exit_code == 1 and last.startswith("error: ") and str(tmp_path / "calib.json") in last, result.output
-    def files(folder):  # quantize leaves an empty variants/ folder behind (export/quantize.py), no file
-        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    def entries(folder):  # files and folders: not even an empty variants/ is left behind
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
-    assert files(bundle) == files(tiny_bundle)
+    assert entries(bundle) == entries(tiny_bundle)
 
 
 # ---- bench --compare reports ----------------------------------------------------------------------------

@@ -47,7 +47,7 @@ import numpy as np
 from pixdeploy.config import SPECIAL_TOKENS, ModelConfig
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import locked_dir, parse_temp, sha256, staged_dir, staged_file
-from pixdeploy.jsonfile import BadJson, loads
+from pixdeploy.jsonfile import BadJson, load_json
 from pixdeploy.text import printable
 from pixdeploy.tokenizer import Tokenizer
 
@@ -149,17 +149,12 @@ def real_dir(root: Path, name: str) -> Path | None:
 
 
 def _read_json(path: Path, what: str, root: Path) -> object:
-    """A JSON file from a bundle: size-bounded, UTF-8, any nesting error one line."""
+    """A JSON file of a bundle, read by the one strict reader (`pixdeploy.jsonfile`); any fault is one line."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        return load_json(path, MAX_MANIFEST_BYTES)
     except OSError as e:
         raise BundleError(f"damaged bundle {root}: {what} unreadable ({e.strerror or e})") from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise BundleError(f"damaged bundle {root}: {what} is larger than {MAX_MANIFEST_BYTES >> 20} MB")
-    try:
-        return loads(raw)
-    except BadJson as e:  # not UTF-8, not JSON, NaN or Infinity, numbers past 64 bits, nested too deeply
+    except BadJson as e:  # not UTF-8, not JSON, NaN or Infinity, numbers past 64 bits, nested too deeply, too large
         raise BundleError(f"damaged bundle {root}: {what} unreadable ({printable(str(e)[:200])})") from None
 
 
@@ -263,9 +258,6 @@ class Bundle:
                 raise BundleError(f"damaged bundle {self.path}: {printable(name)} does not match its checksum")
             self._checked.add(name)
         return path
-
-    def file(self, name: str) -> Path:
-        return self.checked(name)
 
     def verify(self) -> None:
         """Everything a bundle must be before anything runs: manifest fields present, every listed file

@@ -450,7 +450,7 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ch
                 result.checks += extra_checks(pipe)
         return result
 
-    with adding_variant(bundle.path, variant.name, force=force, echo=echo) as (staged, entry):
+    with adding_variant(bundle, variant.name, force=force, echo=echo) as (staged, entry):
         entry.update(precision=variant.precision, target=variant.target, method=variant.method,
                      graphs={g: {"file": staged.entry_file(f"{g}.onnx")} for g in GRAPHS})
         if variant.name == "int8-cpu":

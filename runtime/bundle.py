@@ -614,13 +614,14 @@ class StagedVariant:
 
 
 @contextlib.contextmanager
-def adding_variant(bundle_path, name: str, *, force: bool, echo=print) -> Iterator[tuple[StagedVariant, dict]]:
+def adding_variant(bundle, name: str, *, force: bool, echo=print) -> Iterator[tuple[StagedVariant, dict]]:
     """The bundle transaction of `quantize`: yields (staged variant, entry dict to fill). On success the folder
     is renamed into place and the manifest names it in one rename, both under the bundle's lock (so no other
     writer reads the manifest in between or sweeps the folder as an orphan); the folder of a variant it
-    replaces (``force``) is removed after. On any error or Ctrl-C the bundle is left as it was."""
-    bundle_path = Path(bundle_path)
-    bundle = Bundle(bundle_path)
+    replaces (``force``) is removed after. On any error or Ctrl-C the bundle is left as it was. ``bundle``: a
+    `Bundle` the caller already verified, or its path."""
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+    bundle_path = bundle.path
     if name in bundle.variants and not force:
         raise PixdeployError(f"bundle {bundle_path} already has variant {name}; pass --force to replace it")
     with locked_dir(bundle_path, echo):  # another quantize may be switching its folder in right now

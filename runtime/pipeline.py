@@ -110,11 +110,15 @@ class Pipeline:
         return image_prompt(self.cfg.n_windows, self.tokenizer.encode(prompt) if prompt else ())
 
     def empty_cache(self, batch: int) -> dict:
-        """Zeros for every cache input, of the dtype and shape the bundle records (symbolic dim: ``batch``)."""
+        """Zeros for every cache input, of the dtype and shape the bundle records (symbolic dim: ``batch``); inputs
+        are only read, so cache tensors of one dtype and shape share one array."""
+        shared: dict = {}
         zeros = {}
         for pair in self.cache:
-            shape = tuple(batch if isinstance(d, str) else d for d in pair.shape)
-            zeros[pair.past] = np.zeros(shape, NP_TYPES[pair.dtype])
+            key = (pair.dtype, tuple(batch if isinstance(d, str) else d for d in pair.shape))
+            if key not in shared:
+                shared[key] = np.zeros(key[1], NP_TYPES[pair.dtype])
+            zeros[pair.past] = shared[key]
         return zeros
 
     def _step(self, embeds: np.ndarray, start: int, cache: dict) -> tuple[np.ndarray, dict]:

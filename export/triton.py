@@ -161,16 +161,24 @@ def graph_artifacts(bundle: Bundle, backend: str, variant: str, engines: str | N
     return bundle.engine_files(chosen), chosen
 
 
-def engine_max_batch(files: dict, chosen) -> int:
-    """The largest batch every engine of a set accepts, from the headers (what Triton's TensorRT backend
-    compares max_batch_size with when it loads the model)."""
+def engine_headers(files: dict, chosen) -> dict:
+    """graph -> header of each engine of a set, read once, each checked to be that graph of that variant."""
     from pixdeploy.runtime.engine_header import read_header
 
-    bounds = []
+    headers = {}
     for graph, path in files.items():
         header = read_header(path)
         if header["variant"] != chosen.variant or header["graph"] != graph:
             raise BundleError(f"{path} holds {header['graph']} of {header['variant']}, not {graph} of {chosen.variant}")
+        headers[graph] = header
+    return headers
+
+
+def engine_max_batch(headers: dict) -> int:
+    """The largest batch every engine of a set accepts (what Triton's TensorRT backend compares max_batch_size
+    with when it loads the model)."""
+    bounds = []
+    for header in headers.values():
         for profile in header["profiles"]:
             first = next(iter(profile["shapes"].values()))
             bounds.append(int(first[2][0]))  # max shape, batch dim
@@ -248,8 +256,9 @@ def write_repository(bundle_path, out, *, backend: str = "onnxruntime", max_batc
     bundle = Bundle(bundle_path)  # checks format and checksums before anything is written
     check_outside(out, bundle.path)
     artifacts, chosen = graph_artifacts(bundle, backend, variant, engines)
+    headers = engine_headers(artifacts, chosen) if chosen is not None else {}
     if chosen is not None:
-        engine_batch = engine_max_batch(artifacts, chosen)
+        engine_batch = engine_max_batch(headers)
         if max_batch is not None and max_batch > engine_batch:
             raise PixdeployError(f"--max-batch {max_batch} is larger than engine set {chosen.name} accepts "
                                  f"({engine_batch}); rebuild with `pixdeploy build-engine --max-batch {max_batch}` "
@@ -267,9 +276,7 @@ def write_repository(bundle_path, out, *, backend: str = "onnxruntime", max_batc
                 shutil.copyfile(MODELS_DIR / "graph_model.py", version / "model.py")
             cfg = graph_config(g, bundle.graphs[g], backend, max_batch, instances)
             if chosen is not None:
-                from pixdeploy.runtime.engine_header import read_header
-
-                header = read_header(artifacts[g])
+                header = headers[g]
                 if len(header["profiles"]) > 1:  # the decoder: prefill is profile 0, decode profile 1
                     for group in cfg.instance_group:
                         group.profile.extend(str(i) for i in range(len(header["profiles"])))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import torch
@@ -62,14 +63,37 @@ def save_checkpoint(out: Path, model_state: dict, cfg: ModelConfig, tok: Tokeniz
 
 
 def find_checkpoint(path: Path) -> Path | None:
-    """A checkpoint directory itself, or a training output holding one (or its pre-swap backup)."""
+    """A checkpoint directory itself, or a training output holding one (or its pre-swap backup).
+
+    What lies under the path the user gave is the checkpoint's own: its ``meta.json`` and the
+    checkpoint folder of a run are refused (`CheckpointError`) when they are symlinks, which could
+    point anywhere; nothing is opened."""
     path = Path(path)
-    if (path / "meta.json").is_file():
+    if os.path.lexists(path / "meta.json"):
+        _no_symlink(path, "meta.json")
         return path
     for name in (CKPT_DIR, OLD_DIR):
-        if (path / name / "meta.json").is_file():
+        if os.path.lexists(path / name / "meta.json"):
+            _no_symlink(path, f"{name}/meta.json")
             return path / name
     return None
+
+
+def _no_symlink(root: Path, rel: str) -> None:
+    """Refuse ``root / rel`` unless every step below ``root`` is a real folder or, last, a regular file."""
+    at = Path(root)
+    parts = rel.split("/")
+    for i, part in enumerate(parts):
+        at = at / part
+        st = at.lstat()
+        where = "/".join(parts[: i + 1])
+        if stat.S_ISLNK(st.st_mode):
+            raise CheckpointError(f"damaged checkpoint {root}: {where} is a symlink; every file of a checkpoint "
+                                  "must lie inside it, reached through no symlink")
+        last = i == len(parts) - 1
+        if (last and not stat.S_ISREG(st.st_mode)) or (not last and not stat.S_ISDIR(st.st_mode)):
+            raise CheckpointError(f"damaged checkpoint {root}: {where} is not a regular "
+                                  f"{'file' if last else 'folder'}")
 
 
 class Checkpoint:

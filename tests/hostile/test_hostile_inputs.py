@@ -347,7 +347,31 @@ BUNDLE_INPUTS = [
      r"damaged bundle", 1),
     ("parity.json garbage, sums match", damaged_bundle(lambda b: write(b / "parity.json", "[1]")), None, None),
 ]
+def meta_symlinked_outside(case: Path, g: Good) -> Path:
+    """meta.json a symlink to a valid meta.json outside the checkpoint: followed, it would be parsed and the
+    checkpoint used."""
+    run = case / "run"
+    shutil.copytree(g.checkpoint, run)
+    ck = run / "checkpoint"
+    elsewhere = write(case / "elsewhere" / "meta.json", (ck / "meta.json").read_bytes())
+    (ck / "meta.json").unlink()
+    os.symlink(elsewhere, ck / "meta.json")
+    return ck
+
+
+def checkpoint_folder_symlinked(case: Path, g: Good) -> Path:
+    """A run folder whose checkpoint/ is a symlink to a whole, valid checkpoint elsewhere."""
+    shutil.copytree(g.checkpoint / "checkpoint", case / "elsewhere")
+    (case / "run").mkdir()
+    os.symlink(case / "elsewhere", case / "run" / "checkpoint")
+    return case / "run"
+
+
 CHECKPOINT_INPUTS = [
+    ("meta.json a symlink out", meta_symlinked_outside,
+     r"damaged checkpoint .*checkpoint: meta\.json is a symlink; every file of a checkpoint must lie inside it", 1),
+    ("checkpoint folder a symlink", checkpoint_folder_symlinked,
+     r"damaged checkpoint .*run: checkpoint is a symlink", 1),
     ("missing", lambda c, g: c / "nope" / "checkpoint", r"no pixdeploy checkpoint at", 1),
     ("empty folder", lambda c, g: (c / "ck").mkdir() or c / "ck", r"no pixdeploy checkpoint at", 1),
     ("meta garbage", damaged_checkpoint(lambda ck: write(ck / "meta.json", "{")), r"meta\.json unreadable", 1),

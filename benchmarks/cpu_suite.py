@@ -112,8 +112,10 @@ def holds_limits(precision_row: str, stats: dict) -> bool:
 
 def has_bf16() -> bool:
     try:
-        import openvino as ov
         from pixdeploy.runtime.openvino_backend import cpu_has_bf16
+        from pixdeploy.telemetry import import_openvino
+
+        ov = import_openvino()  # OpenVINO's telemetry declined, as everywhere in pixdeploy
     except ImportError:
         return False
     return cpu_has_bf16(ov.Core())

@@ -31,11 +31,12 @@ GATE_STEPS = 8  # greedy tokens compared per gate image (an answer's length, as 
 
 
 def _openvino():
+    from pixdeploy.telemetry import import_openvino
+
     try:
-        import openvino
+        return import_openvino()  # with OpenVINO's telemetry declined: nothing written under ~/intel
     except ImportError:
         raise PixdeployError('OpenVINO is not installed: pip install "pixdeploy[openvino]"') from None
-    return openvino
 
 
 def inlined_onnx(path) -> bytes:

@@ -164,12 +164,17 @@ def gating_problems(settings: BuildSettings) -> list[str]:
 
 # ---- 3. refusals before TensorRT is touched ----
 
+class NoTensorRT(PixdeployError):
+    """TensorRT or a GPU is missing here: `build-engine` can still ask NVIDIA's parser and builder on the CPU
+    (`pixdeploy.export.nvidia_check`)."""
+
+
 def import_tensorrt():
     """The installed TensorRT module, or one line saying how to get it."""
     try:
         import tensorrt
     except ImportError:
-        raise PixdeployError(INSTALL_TENSORRT) from None
+        raise NoTensorRT(INSTALL_TENSORRT) from None
     try:
         import polygraphy  # noqa: F401
     except ImportError:
@@ -257,7 +262,10 @@ def engine_layers(plan: bytes, trt) -> list:
 def gpu_identity() -> tuple[str, str]:
     from pixdeploy.runtime.cuda_device import current_gpu
 
-    return current_gpu()
+    try:
+        return current_gpu()
+    except PixdeployError as e:
+        raise NoTensorRT(f"no GPU for TensorRT to build on ({e})") from None
 
 
 def default_timing_cache(gpu: str, trt_version: str) -> Path:

@@ -140,6 +140,15 @@ def name_dims(proto: onnx.ModelProto, spec: GraphSpec) -> None:
                     dim.dim_param = want
 
 
+def name_body_nodes(fp: onnx.FunctionProto) -> None:
+    """Prefix a function body's node names with the function's name. onnxscript names every body's nodes n0, n1,
+    ...; TensorRT's parser inlines bodies under those names, so two custom ops' bodies collided ("A node named n2
+    already exists ...") and their tensors could not be inspected. (Two calls of one function still share names:
+    the parser gives an inlined body no per-call scope.)"""
+    for i, node in enumerate(fp.node):
+        node.name = f"{fp.name}/{node.name or i}"
+
+
 def finalize(proto: onnx.ModelProto, spec: GraphSpec,
              profile: ExportProfile = PROFILES["onnxruntime"]) -> onnx.ModelProto:
     """Name dims, attach custom-op bodies, pin opset and IR version, name the producer, then rewrite the
@@ -149,6 +158,7 @@ def finalize(proto: onnx.ModelProto, spec: GraphSpec,
     for fn in CUSTOM_FUNCTIONS:
         fp = fn.to_function_proto()
         if (fp.domain, fp.name) in used and all(f.name != fp.name for f in proto.functions):
+            name_body_nodes(fp)
             proto.functions.append(fp)
     if not any(o.domain == DOMAIN for o in proto.opset_import) and any(d == DOMAIN for d, _ in used):
         proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, VERSION))

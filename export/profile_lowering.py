@@ -5,7 +5,8 @@ fused opset-23 operators gets its elementary form for TensorRT 10.3 with no code
 
 - ``fused=False``: each ``Attention`` becomes matmul -> masked softmax (fp32) -> matmul and each
   ``RMSNormalization`` becomes elementary ops with fp32 statistics; then the opset drops to the profile's.
-- ``attention_4d``: ``Attention`` masks of lower rank get leading unit dims (TensorRT's importer takes 4-D only).
+- ``attention_4d``: ``Attention`` masks get leading unit dims (TensorRT's importer takes 4-D only) and become
+  additive masks in the query's type (`_masks_for_tensorrt` says why).
 - every profile: custom ``pixdeploy::`` nodes carry ``plugin_namespace="pixdeploy"``, so a TensorRT plugin
   registered under that namespace can claim them (10.7+); their function bodies stay for everyone else.
 - every profile: a uint8 network input is read by one ``Cast`` to float and nothing else (`cast_uint8_inputs`).
@@ -138,21 +139,32 @@ def _set_opset(imports, version: int) -> None:
             o.version = version
 
 
-def _masks_to_4d(proto) -> None:
+def _masks_for_tensorrt(proto) -> None:
+    """Every graph-level ``Attention`` mask made 4-D (TensorRT's importer takes 4-D only) and additive in the
+    query's element type (0 where a key is attended, the type's lowest value where not).
+
+    Why additive: with a boolean mask, TensorRT's builder (Myelin) refuses the fp16 decoder once the prefill
+    profile is present ("Graph contains more than one op named ..._iota", seen with TensorRT for RTX 1.7 for every
+    compute capability); the additive form builds for every variant and computes the same softmax."""
     inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.graph.value_info, *inferred.graph.input]
-             if v.type.tensor_type.HasField("shape")}
-    nodes, done = [], set()
+    values = [*inferred.graph.value_info, *inferred.graph.input]
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
+    types = {v.name: v.type.tensor_type.elem_type for v in values}
+    nodes, done = [], {}  # one mask often serves every layer: (mask, query type) -> the rewritten mask
     for node in proto.graph.node:
         mask = node.input[3] if node.op_type == "Attention" and len(node.input) > 3 else ""
-        if mask and ranks.get(mask, 4) < 4:
-            if mask not in done:  # one mask often serves every layer
-                done.add(mask)
-                axes = helper.make_node("Constant", [], [f"{mask}/axes4d"],
-                                        value=numpy_helper.from_array(np.arange(4 - ranks[mask], dtype=np.int64)))
-                nodes += [axes, helper.make_node("Unsqueeze", [mask, axes.output[0]], [f"{mask}/4d"],
-                                                 name=f"{mask}/4d")]
-            node.input[3] = f"{mask}/4d"
+        dtype = types.get(node.input[0]) if mask else None
+        if mask and (mask, dtype) not in done:
+            e, out = _Emitter(f"{mask}/for_tensorrt"), mask
+            if ranks.get(mask, 4) < 4:
+                out = e("Unsqueeze", out, e.const(np.arange(4 - ranks[mask], dtype=np.int64)))
+            if types.get(mask) == TensorProto.BOOL and dtype:
+                np_type = helper.tensor_dtype_to_np_dtype(dtype)
+                out = e("Where", out, e.const(np.zeros((), np_type)), e.const(np.array(np.finfo(np_type).min)))
+            nodes += e.nodes
+            done[(mask, dtype)] = out
+        if mask:
+            node.input[3] = done[(mask, dtype)]
         nodes.append(node)
     _replace(proto.graph, nodes)
 
@@ -204,5 +216,5 @@ def apply_profile(proto, profile: ExportProfile) -> None:
             _set_opset(fn.opset_import, profile.opset)
         _set_opset(proto.opset_import, profile.opset)
     if profile.attention_4d:
-        _masks_to_4d(proto)
+        _masks_for_tensorrt(proto)
     proto.ir_version = profile.ir_version

@@ -132,17 +132,23 @@ def _fp16_wrappers():
 
 # Fused operators whose fp32 island is an attribute: the exporter folds the reference model's
 # `.float()` around the norm into RMSNormalization (fp16 in and out), whose statistics then follow
-# `stash_type`; Attention's softmax follows `softmax_precision`. Both are set explicitly, not left to defaults.
+# `stash_type`; Attention's softmax follows `softmax_precision`. Both are set explicitly, not left to defaults,
+# except where the target's TensorRT parser refuses the attribute itself (10.15+ refuses any softmax_precision
+# on Attention; its fused kernels keep softmax statistics in fp32 anyway): `trt_support` holds which.
 FP32_ATTRIBUTES = {"RMSNormalization": "stash_type", "LayerNormalization": "stash_type",
                    "Attention": "softmax_precision"}
 
 
-def mark_fp32_islands(proto: onnx.ModelProto) -> None:
-    """Norm statistics and softmax in fp32 on every fused node, in the graph and in function bodies."""
+def mark_fp32_islands(proto: onnx.ModelProto, profile) -> None:
+    """Norm statistics and softmax in fp32 on every fused node, in the graph and in function bodies, as far as
+    ``profile``'s TensorRT parser accepts the attributes that say so."""
+    from pixdeploy.export.trt_support import parser_table
+
+    refused = parser_table(profile.tensorrt_min).refused_attributes if profile.tensorrt_min else {}
     nodes = list(proto.graph.node) + [n for f in proto.functions for n in f.node]
     for node in nodes:
         attr = FP32_ATTRIBUTES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        if attr:
+        if attr and attr not in refused.get(node.op_type, {}):
             kept = [a for a in node.attribute if a.name != attr]
             del node.attribute[:]
             node.attribute.extend(kept + [onnx.helper.make_attribute(attr, onnx.TensorProto.FLOAT)])
@@ -157,7 +163,7 @@ def make_fp16(model, out: Path, profile) -> dict:
     for spec in graph_specs(model.cfg):
         path = out / f"{spec.name}.onnx"
         proto = export_graph(half, spec, path, profile, wrapper=wrappers[spec.name](half).eval())
-        mark_fp32_islands(proto)
+        mark_fp32_islands(proto, profile)
         onnx.save(proto, str(path))
     return {}
 

@@ -99,6 +99,8 @@ class ParserTable:
     constant_inputs: dict
     # Attention: Q, K, V and attn_mask 4-D; no past_key/past_value/nonpad_kv_seqlen, one output, no softcap.
     attention_4d: bool = False
+    # Node attributes the parser's static checker refuses outright: op -> {attribute: the checker's words}.
+    refused_attributes: dict = field(default_factory=dict)
     # (op, type) pairs outside the column that the importer itself is known to take: -> where that is shown.
     type_exceptions: dict = field(default_factory=dict)
 
@@ -113,12 +115,17 @@ _AXES = dict.fromkeys(_REDUCE | {"Squeeze", "Unsqueeze", "CumSum"}, 1)  # CumSum
 # own graphs clip in FLOAT. Not carried to 10.15, whose importer source was not read.
 _CLIP_INT = {("Clip", "INT32"): "onnx-tensorrt release/10.1-GA onnxOpImporters.cpp:562-598",
              ("Clip", "INT64"): "onnx-tensorrt release/10.1-GA onnxOpImporters.cpp:562-598"}
+# onnx-tensorrt onnxOpCheckers.cpp, checkAttention (TensorRT 10.15 GA; the same check, same words, in TensorRT for
+# RTX 1.7's parser): `!hasSoftmaxPrecision && "Setting softmax precision is not supported in TensorRT Attention."`.
+# The fused kernels keep softmax statistics in fp32 whatever the input type, so an fp16 graph loses nothing by it.
+_ATTENTION_REFUSED = {"Attention": {"softmax_precision": "Setting softmax precision is not supported in TensorRT "
+                                                         "Attention."}}
 PARSERS = {
     # Slice takes tensor axes since 10.3 (changelog); Pad's tensor axes came in 10.4.
     "10.3": ParserTable("10.3", 9, 20, TYPES_10_3, "onnx/onnx-tensorrt release/10.1-GA docs/operators.md + "
                         "Changelog 10.2, 10.3", constant_inputs=_AXES | {"Pad": 3}, type_exceptions=_CLIP_INT),
     "10.15": ParserTable("10.15", 9, 24, TYPES_10_15, "onnx/onnx-tensorrt docs/operators.md of TensorRT 10.15",
-                         constant_inputs=_AXES, attention_4d=True),
+                         constant_inputs=_AXES, attention_4d=True, refused_attributes=_ATTENTION_REFUSED),
 }
 
 # ---- builder API per generation (enum member names without the C++ 'k') ----
@@ -210,6 +217,8 @@ def unsupported(proto, trt_version: str) -> list[str]:
             problems.append(f"{where}: input {index} (axes) must be an initializer or Constant")
         if node.op_type == "Attention" and table.attention_4d:
             problems += [f"{where}: {p}" for p in _attention_problems(node, ranks)]
+        refused = table.refused_attributes.get(node.op_type, {})
+        problems += [f"{where}: attribute {a.name}: {refused[a.name]}" for a in node.attribute if a.name in refused]
     return problems
 
 

@@ -90,3 +90,36 @@ def write_test_engine_set(bundle_path, *, gpu: str, tensorrt: str, cc: str, vari
 @pytest.fixture
 def engine_set_writer():
     return write_test_engine_set
+
+
+TENSORRT_TARGETS = ("tensorrt-10.3", "tensorrt-10.15")
+
+
+@pytest.fixture(scope="session")
+def tensorrt_bundles(tiny_checkpoint, tmp_path_factory):
+    """Both TensorRT export targets, each with every TensorRT-bound variant (fp32, fp16, int8-tensorrt), made by
+    the real export and quantize (so each variant passed its parity gate on onnxruntime). The model answers
+    decisively (its head scores four word tokens far apart, like a trained model's), so int8's greedy answers
+    do not hinge on near-ties that differ between CPUs."""
+    import torch
+    from pixdeploy.export.bundle import export_bundle
+    from pixdeploy.export.quantize import quantize_bundle
+
+    from pixdeploy.checkpoint import Checkpoint, save_checkpoint
+
+    ck = Checkpoint(tiny_checkpoint)
+    state = ck.model_state()
+    head = torch.zeros_like(state["head.weight"])
+    keep = [2, 10, 20, 30]
+    head[keep] = state["head.weight"][keep] * 50
+    state["head.weight"] = head
+    root = tmp_path_factory.mktemp("tensorrt-bundles")
+    save_checkpoint(root / "ckpt", state, ck.config, ck.tokenizer, step=0)
+    quiet = lambda *_: None  # noqa: E731
+    out = {}
+    for target in TENSORRT_TARGETS:
+        bundle, _ = export_bundle(root / "ckpt", root / target, echo=quiet, target=target)
+        for precision in ("fp16", "int8"):
+            quantize_bundle(bundle.path, precision, "tensorrt", steps=1, echo=quiet)
+        out[target] = bundle.path
+    return out

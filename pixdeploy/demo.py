@@ -118,7 +118,8 @@ def run_demo(workdir: Path, steps: int | None = None, force: bool = False, echo=
 
     parity_images = [ex.segments[0] for ex in held_out[:16]]
     bundle, parity = export_bundle(ckpt.path, workdir / "bundle", images=parity_images, echo=lambda *_: None)
-    echo(parity.table())
+    for line in parity.table().splitlines():
+        echo(line)
     pipe = Pipeline.load(bundle.path, device="cpu")
     runtime_read = pipe.generate_batch([ex.segments[0] for ex in held_out], max_new_tokens=8)
     same = sum(r.strip() == p[1] for r, p in zip(runtime_read, pairs))
@@ -130,7 +131,9 @@ def run_demo(workdir: Path, steps: int | None = None, force: bool = False, echo=
     names = " and ".join(f"{p} ({t})" for p, t in plan.variants) or "nothing (this plan)"
     echo(f"[5/5] quantizing to {names}, each gated on parity and on its held-out reading")
     rows = quantize_and_compare(bundle.path, held_out, parity_images, runtime_right, plan.variants, echo)
-    echo(f"checkpoint: {ckpt.path}\nbundle: {bundle.path}\ndone in {time.perf_counter() - t0:.0f} s")
+    echo(f"checkpoint: {ckpt.path}")
+    echo(f"bundle: {bundle.path}")
+    echo(f"done in {time.perf_counter() - t0:.0f} s")
     return {"right": right, "runtime_right": runtime_right, "identical": same, "total": len(pairs),
             "seconds": time.perf_counter() - t0, "summary": summary, "parity": parity.to_dict(), "variants": rows}
 

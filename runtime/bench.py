@@ -361,7 +361,7 @@ def table(report: dict) -> str:
     lines.append(f"machine: {m['cpu']}, {m['cores']} cores" + (f", {', '.join(m['gpus'])}" if m["gpus"] else "")
                  + f"; providers: {', '.join(s['providers'] or [])}; bundle sha256 "
                  f"{report['bundle']['manifest_sha256'][:12]}")
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))  # labels name variants and machines: escaped line by line
 
 
 @dataclass
@@ -478,5 +478,5 @@ def compare_table(changes: list[Change], new: dict, old: dict) -> str:
     changed = [f"{k} {before.get(k, '-')} -> {now.get(k, '-')}" for k in sorted(before.keys() | now.keys())
                if before.get(k) != now.get(k)]
     if changed:
-        lines.append(printable("note: library versions differ: " + ", ".join(changed)))
-    return "\n".join(lines)
+        lines.append("note: library versions differ: " + ", ".join(changed))
+    return "\n".join(map(printable, lines))  # an old report's labels are untrusted text: escaped line by line

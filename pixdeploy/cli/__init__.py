@@ -25,30 +25,30 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except PixdeployError as e:
-            click.secho(printable(f"error: {e}"), fg="red", err=True)
+            say(f"error: {e}", fg="red", err=True)
             sys.exit(1)
         except ModuleNotFoundError as e:
             extra = EXTRAS.get((e.name or "").split(".")[0])
             if extra is None:
                 raise
-            click.secho(f"error: this command needs {e.name}: pip install \"pixdeploy[{extra}]\"", fg="red", err=True)
+            say(f"error: this command needs {e.name}: pip install \"pixdeploy[{extra}]\"", fg="red", err=True)
             sys.exit(1)
         except OSError as e:  # disk full, permission denied, ...: the user's environment, not a bug
-            click.secho(printable(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": ")), fg="red", err=True)
+            say(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), fg="red", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            say("interrupted", err=True)
             sys.exit(130)
         except click.UsageError as e:
             # A bad option value is a user error like any other: one line (click would print the usage
             # block and a hint first), with click's exit status 2 and where to read more.
             where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
-            click.secho(printable(f"error: {e.format_message()}{where}"), fg="red", err=True)
+            say(f"error: {e.format_message()}{where}", fg="red", err=True)
             sys.exit(e.exit_code)
         except Exception as e:
             if not interrupted(e):
                 raise
-            click.echo("interrupted", err=True)  # a library turned Ctrl-C into its own error (the ONNX exporter)
+            say("interrupted", err=True)  # a library turned Ctrl-C into its own error (the ONNX exporter)
             sys.exit(130)
 
 
@@ -76,9 +76,22 @@ def interrupted(e: BaseException) -> bool:
     return False
 
 
-def echo_line(text: str, err: bool = False) -> None:
-    """One line of progress from the library (it names paths, files, data): printed escaped."""
-    click.echo(printable(text), err=err)
+def say(*fields: object, sep: str = " ", err: bool = False, nl: bool = True, fg: str | None = None) -> None:
+    """The one way a command prints: ``fields`` as one line, joined by ``sep``, each with every character
+    that is not printable text escaped (`pixdeploy.text.printable`): an ESC sequence from a folder name, a
+    file or a model's answer shows as typed, and a newline or tab in it shows as ``\\n`` or ``\\t`` instead
+    of forging a line or a column. A block of lines goes through `say_lines`."""
+    click.secho(sep.join(printable(f) for f in fields), err=err, nl=nl, fg=fg)
+
+
+def say_lines(block: str, err: bool = False) -> None:
+    """A block pixdeploy composed (a table), one `say` per line: its values must not hold newlines of their
+    own (each line is escaped, so a value's control characters still show as typed)."""
+    for line in str(block).split("\n"):
+        say(line, err=err)
+
+
+echo_line = say  # progress lines from the library (they name paths, files, data)
 
 
 @click.group(cls=Group)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pixdeploy.cli import PathArg, echo_line, image_list, main, printable
+from pixdeploy.cli import PathArg, echo_line, image_list, main, say, say_lines
 from pixdeploy.errors import PixdeployError
 from pixdeploy.export.profiles import DEFAULT_PROFILE, PROFILES  # plain data: no torch or onnx
 
@@ -24,8 +24,8 @@ def export_cmd(checkpoint, out, parity_images, force, target):
 
     images = image_list(parity_images, read=True) if parity_images else None
     bundle, result = export_bundle(checkpoint, out, images=images, force=force, echo=echo_line, target=target)
-    click.echo(result.table())
-    click.echo(f"bundle: {printable(bundle.path)}")
+    say_lines(result.table())
+    say(f"bundle: {bundle.path}")
 
 
 @main.command()
@@ -49,7 +49,7 @@ def parity(bundle, checkpoint, parity_images, steps, variant):
                              "give the checkpoint the bundle was exported from")
     model = ck.load_model()
     result = check_parity(model, pipe, images, precision=pipe.bundle.variant(variant)["precision"], steps=steps)
-    click.echo(result.table())
+    say_lines(result.table())
     if not result:
         raise PixdeployError("parity failed: " + ", ".join(c.name for c in result.failures))
 

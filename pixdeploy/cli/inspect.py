@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import PathArg, main
+from pixdeploy.cli import PathArg, main, say
 from pixdeploy.text import printable
 
 
@@ -57,16 +57,16 @@ def inspect(bundle):
 
     profile = get_profile(b.export_target)
     cfg = b.config
-    click.echo(printable(f"{b.path}: pixdeploy bundle format {b.format_version}, {b.producer}"))
-    click.echo(f"model: dim {cfg.dim}, {cfg.image_layers} image + {cfg.n_layers} decoder layers, "
-               f"image {cfg.image_size} window {cfg.window} fold {cfg.fold} ({cfg.n_colors} colours), "
-               f"text vocab {cfg.text_vocab}, context {cfg.max_seq_len}")
-    click.echo(f"onnx: {b.onnx_info}")
-    click.echo(f"export target: {profile.name} ({profile.suits})")
+    say(f"{b.path}: pixdeploy bundle format {b.format_version}, {b.producer}")
+    say(f"model: dim {cfg.dim}, {cfg.image_layers} image + {cfg.n_layers} decoder layers, "
+        f"image {cfg.image_size} window {cfg.window} fold {cfg.fold} ({cfg.n_colors} colours), "
+        f"text vocab {cfg.text_vocab}, context {cfg.max_seq_len}")
+    say(f"onnx: {b.onnx_info}")
+    say(f"export target: {profile.name} ({profile.suits})")
     for name, g in b.graphs.items():
         size = b.graph_path(name).stat().st_size
-        click.echo(printable(f"  {b.variant()['graphs'][name]['file']} ({size / 1e6:.1f} MB): "
-                             f"{g.get('purpose', '?')}"))
+        say(f"  {b.variant()['graphs'][name]['file']} ({size / 1e6:.1f} MB): "
+            f"{g.get('purpose', '?')}")
         cache = {n for p in b.cache_pairs() for n in (p.past, p.present)} if name == "decoder" else set()
         for kind in ("inputs", "outputs"):
             tensors = g.get(kind) if isinstance(g.get(kind), dict) else {}
@@ -74,20 +74,20 @@ def inspect(bundle):
             sig = [f"{k} {tensor_type(v)}" for k, v in tensors.items() if k not in cache]
             if kv:
                 sig.append(f"{len(kv)} KV-cache tensors {tensor_type(tensors[kv[0]])}")
-            click.echo(printable(f"    {kind}: {', '.join(sig)}"))
+            say(f"    {kind}: {', '.join(sig)}")
         for line in describe_custom_ops(b.graph_path(name)):
-            click.echo(f"    {line}")
-    click.echo(graphs_loaded)
+            say(f"    {line}")
+    say(graphs_loaded)
     for engine_set in b.engine_sets():  # TensorRT engines built into the bundle, if any
-        click.echo(f"engines/{engine_set.describe()}")
+        say(f"engines/{engine_set.describe()}")
     if b.format_version == 1:
-        click.echo("bundle format 1: engines built for it are not used; rebuild them with `pixdeploy build-engine`")
+        say("bundle format 1: engines built for it are not used; rebuild them with `pixdeploy build-engine`")
     if parity:
-        click.echo(f"parity ({parity['precision']}): {'passed' if parity['passed'] else 'FAILED'}")
+        say(f"parity ({parity['precision']}): {'passed' if parity['passed'] else 'FAILED'}")
         for name, value in parity["checks"]:
-            click.echo(f"    {name}: {value:.3g}")
+            say(f"    {name}: {value:.3g}")
     for line in describe_variants(b, parity):
-        click.echo(line)
+        say(line)
 
 
 def _figure(value) -> str:

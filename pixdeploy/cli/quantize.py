@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pixdeploy.cli import PathArg, echo_line, image_list, main, printable
+from pixdeploy.cli import PathArg, echo_line, image_list, main, say, say_lines
 
 
 @main.command()
@@ -34,5 +34,5 @@ def quantize(bundle, precision, target, calib, calib_count, calib_cache, checkpo
     b, result = quantize_bundle(bundle, precision, target, checkpoint=checkpoint, calib=calib, calib_count=calib_count,
                                 calib_cache=calib_cache, parity_images=images, steps=steps, force=force,
                                 echo=echo_line)
-    click.echo(result.table())
-    click.echo(printable(f"bundle: {b.path} (variants: {', '.join(b.variants)})"))
+    say_lines(result.table())
+    say(f"bundle: {b.path} (variants: {', '.join(b.variants)})")

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import click
 
-from pixdeploy.cli import FiniteFloat, PathArg, image_list, main, printable
+from pixdeploy.cli import FiniteFloat, PathArg, image_list, main, say
 from pixdeploy.errors import ContextLimitWarning, CpuClassWarning, PixdeployError
 
 
@@ -87,7 +87,7 @@ def warnings_as_lines():
             yield
     finally:
         for message in dict.fromkeys(str(w.message) for w in caught if w.category in ONE_LINE_WARNINGS):
-            click.echo(f"warning: {message}", err=True)
+            say(f"warning: {message}", err=True)
         for w in caught:  # anything else is shown as Python would have shown it
             if w.category not in ONE_LINE_WARNINGS:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
@@ -96,15 +96,15 @@ def warnings_as_lines():
 def _generate(pipe, paths, prompt, kw, stream, batch_size):
     if stream:
         for p in paths:
-            click.echo(printable(str(p)) + "\t", nl=False)
+            say(p, "", sep="\t", nl=False)
             for piece in pipe.stream(p, prompt, **kw):
-                click.echo(printable(piece), nl=False)
-            click.echo()
+                say(piece, nl=False)
+            say()
     else:
         for i in range(0, len(paths), batch_size):
             chunk = paths[i : i + batch_size]
             for p, text in zip(chunk, pipe.generate_batch(chunk, prompt, **kw)):
-                click.echo(printable(str(p)) + "\t" + printable(text))
+                say(p, text, sep="\t")
 
 
 @main.command()
@@ -128,7 +128,7 @@ def embed(bundle, images, out, backend, allow_host_code, plugins, inference_prec
                                             **backend_options(backend, allow_host_code, plugins,
                                                               inference_precision)) as pipe:
         vectors = pipe.embed(paths)
-    with staged_file(out, echo=click.echo) as tmp:
+    with staged_file(out, echo=say) as tmp:
         if out.suffix == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, vectors, allow_pickle=False)
@@ -136,6 +136,6 @@ def embed(bundle, images, out, backend, allow_host_code, plugins, inference_prec
             from safetensors.numpy import save_file
 
             save_file({"window_embeddings": vectors}, str(tmp), metadata={"images": "\n".join(map(str, paths))})
-    click.echo(printable(f"{out}: {vectors.shape[0]} images x {vectors.shape[1]} windows x {vectors.shape[2]}"))
+    say(f"{out}: {vectors.shape[0]} images x {vectors.shape[1]} windows x {vectors.shape[2]}")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import PathArg, main
+from pixdeploy.cli import PathArg, main, say
 from pixdeploy.errors import PixdeployError
 
 
@@ -35,9 +35,9 @@ def triton(bundle, out, backend, max_batch, instances, variant, engines, force):
     from pixdeploy.export.triton import write_repository
 
     write_repository(bundle, out, backend=backend, max_batch=max_batch, instances=instances, variant=variant,
-                     engines=engines, force=force, echo=lambda m: click.echo(m, err=True))
-    click.echo(f"{out}: Triton model repository (image_encoder, decoder, pixdeploy [streaming], "
-               f"pixdeploy_generate), backend {backend}, variant {variant}")
+                     engines=engines, force=force, echo=lambda m: say(m, err=True))
+    say(f"{out}: Triton model repository (image_encoder, decoder, pixdeploy [streaming], "
+        f"pixdeploy_generate), backend {backend}, variant {variant}")
 
 
 def _finite(value: float, name: str) -> float:
@@ -69,7 +69,7 @@ def serve(bundle, host, port, grpc_port, repository, instances, max_batch, timeo
     from pixdeploy.runtime.serve import TritonServer, triton_dist
 
     triton_dist()  # refuse before writing anything when the server is not installed
-    echo = lambda m: click.echo(m, err=True)  # noqa: E731
+    echo = lambda m: say(m, err=True)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="pixdeploy-repo-") as tmp:
         repo = repository_for(bundle, repository or Path(tmp) / "repository", instances=instances,
                               max_batch=max_batch, echo=echo)
@@ -77,10 +77,10 @@ def serve(bundle, host, port, grpc_port, repository, instances, max_batch, timeo
         with TritonServer(repo, host=host, http_port=port, grpc_port=grpc_port, log=sys.stderr) as server:
             echo(f"starting Triton on {repo}")
             server.wait_ready(timeout)
-            click.echo(f"ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}")
-            click.echo(f"  POST http://{server.http_url}/v2/models/pixdeploy_generate/infer   (one answer)")
-            click.echo(f"  gRPC {server.grpc_url}, bidirectional stream to model pixdeploy   (text as it comes)")
-            click.echo("Ctrl-C stops the server", err=True)
+            say(f"ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}")
+            say(f"  POST http://{server.http_url}/v2/models/pixdeploy_generate/infer   (one answer)")
+            say(f"  gRPC {server.grpc_url}, bidirectional stream to model pixdeploy   (text as it comes)")
+            say("Ctrl-C stops the server", err=True)
             try:
                 code = server.process.wait()
             except KeyboardInterrupt:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import FiniteFloat, PathArg, main, parse_overrides, printable
+from pixdeploy.cli import FiniteFloat, PathArg, main, parse_overrides, say
 from pixdeploy.config import PRESETS
 
 
@@ -62,7 +62,7 @@ def train(preset, overrides, data, eval_data, image_root, allow_outside_root, da
     tc = TrainConfig(**kw)
     summary = run_training(data, out, cfg, tc, resume=resume, eval_data=eval_data, image_root=image_root,
                            data_kind=data_kind, allow_outside_root=allow_outside_root,
-                           echo=lambda line: click.echo(printable(line), err=True))
+                           echo=lambda line: say(line, err=True))
     report_training(summary)
     _finish_distributed()
 
@@ -77,20 +77,20 @@ def _finish_distributed():
 def report_training(summary: dict) -> None:
     losses = ", ".join(f"{k} {summary[k]:.4f}" for k in ("loss", "eval_pixel_loss", "eval_word_loss") if k in summary)
     if summary.get("already_complete"):
-        click.echo(f"run already complete at step {summary['step']} (--steps {summary['steps_asked']}): nothing "
-                   f"to train; pass a larger --steps to continue it")
-        click.echo(f"step {summary['step']}: {losses}; {summary['params']:,} parameters")
-        click.echo(f"checkpoint: {printable(summary['checkpoint'])}")
+        say(f"run already complete at step {summary['step']} (--steps {summary['steps_asked']}): nothing "
+            f"to train; pass a larger --steps to continue it")
+        say(f"step {summary['step']}: {losses}; {summary['params']:,} parameters")
+        say(f"checkpoint: {summary['checkpoint']}")
         return
-    click.echo(f"step {summary.get('step', 0)}: {losses}; {summary['pixel_tokens_per_s']:,.0f} pixel tokens/s; "
-               f"{summary['params']:,} parameters; {summary['processes']} process(es)")
+    say(f"step {summary.get('step', 0)}: {losses}; {summary['pixel_tokens_per_s']:,.0f} pixel tokens/s; "
+        f"{summary['params']:,} parameters; {summary['processes']} process(es)")
     if summary["skipped"]:
-        click.echo(f"skipped {len(summary['skipped'])} unreadable file(s) or unusable line(s):", err=True)
+        say(f"skipped {len(summary['skipped'])} unreadable file(s) or unusable line(s):", err=True)
         for line in summary["skipped"][:10]:
-            click.echo(f"  {printable(line)}", err=True)  # file names and lines of the data
+            say(f"  {line}", err=True)  # file names and lines of the data
         if len(summary["skipped"]) > 10:  # counted in full, listed in part
-            click.echo(f"  ... and {len(summary['skipped']) - 10} more", err=True)
-    click.echo(f"checkpoint: {printable(summary['checkpoint'])}")
+            say(f"  ... and {len(summary['skipped']) - 10} more", err=True)
+    say(f"checkpoint: {summary['checkpoint']}")
 
 
 @main.command()
@@ -101,6 +101,6 @@ def demo(workdir, steps, force):
     """The whole pipeline on built-in data: train `tiny` on CPU, read held-out images, export, quantize."""
     from pixdeploy.demo import run_demo
 
-    run_demo(workdir, steps=steps, force=force, echo=click.echo)
+    run_demo(workdir, steps=steps, force=force, echo=say)
 
 

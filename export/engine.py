@@ -219,13 +219,14 @@ def polygraphy_config(settings: BuildSettings, profiles: list[ShapeProfile], tim
 def build_graph(onnx_path: Path, settings: BuildSettings, profiles: list[ShapeProfile], timing_cache: Path | None,
                 plugins: list, trt) -> tuple[bytes, dict]:
     """Parse, configure, build. Returns the serialized plan and what the network held (plugin layers)."""
-    from polygraphy.backend.trt import EngineBytesFromNetwork, LoadPlugins, NetworkFromOnnxPath, PostprocessNetwork
+    from pixdeploy.runtime.tensorrt_backend import load_plugins
+    from polygraphy.backend.trt import EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessNetwork
+
+    load_plugins(plugins, trt)  # before the parse: a plugin claims its nodes while they are imported
     from polygraphy.exception import PolygraphyException
 
     network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True,
                                   flags=[getattr(trt.OnnxParserFlag, f) for f in settings.parser_flags] or None)
-    if plugins:
-        network = LoadPlugins(plugins=[str(p) for p in plugins], obj=network)
     if settings.decomposable_attention:  # IAttention otherwise fails the build when no fused kernel fits
         from polygraphy.backend.trt import SetDecomposableAttentions  # Polygraphy 0.53+
 

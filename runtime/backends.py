@@ -84,6 +84,16 @@ def declared_inputs(signature: dict) -> dict:
     return {name: (NP_TYPES[t["dtype"]], tuple(t["shape"])) for name, t in signature["inputs"].items()}
 
 
+def execution_providers(device: str, available: list[str]) -> list[str]:
+    """CUDA (then CPU for what CUDA lacks) where asked for and present, else the CPU alone. Never onnxruntime's
+    TensorRT execution provider: onnxruntime-gpu lists it even where TensorRT is not installed (every session
+    would print "EP Error ... Falling back"), and where it is, it builds a new engine for every input shape on
+    first use. TensorRT runs through `--backend tensorrt`, from engines built once."""
+    if device == "cpu" or "CUDAExecutionProvider" not in available:
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
 def open_session(path, device: str = "auto"):
     """An onnxruntime session on ``device`` (cpu, cuda, auto); CUDA asked for and absent is an error."""
     try:
@@ -95,12 +105,7 @@ def open_session(path, device: str = "auto"):
     if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise PixdeployError("device cuda asked for, but this onnxruntime has no CUDA provider "
                              "(install onnxruntime-gpu)")
-    if device == "cpu" or "CUDAExecutionProvider" not in available:
-        providers = ["CPUExecutionProvider"]
-    else:
-        from pixdeploy.runtime.ort_gpu import tensorrt_provider  # TensorRT EP first where TensorRT is present
-
-        providers = [*tensorrt_provider(available), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    providers = execution_providers(device, available)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:

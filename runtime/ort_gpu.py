@@ -1,4 +1,4 @@
-"""onnxruntime on a GPU (``pip install onnxruntime-gpu``): I/O binding and the TensorRT execution provider.
+"""onnxruntime on a GPU (``pip install onnxruntime-gpu``): I/O binding on the CUDA execution provider.
 
 With plain ``session.run`` every decode step would copy the whole KV cache to the host and back. With
 I/O binding, the cache outputs the bundle records (``present_*``) are allocated by onnxruntime on the
@@ -10,22 +10,8 @@ tested on machines without a GPU.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 from pixdeploy.runtime.backends import OnnxRuntimeRunner
-
-
-def tensorrt_provider(available: list[str]) -> list:
-    """The TensorRT execution provider, first, when this onnxruntime has it (TensorRT installed); its engines
-    are cached per user so a session starts fast after the first build."""
-    if "TensorrtExecutionProvider" not in available:
-        return []
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pixdeploy" / "ort-tensorrt"
-    cache.mkdir(parents=True, exist_ok=True)
-    return [("TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                                           "trt_timing_cache_enable": True})]
 
 
 class OnnxRuntimeBoundRunner(OnnxRuntimeRunner):

@@ -64,7 +64,7 @@ def open_engines(bundle, variant: str, device: str, keep: frozenset, *, allow_ho
         raise EngineError(f"engine set {chosen.name} of {bundle.path} was built with plugin libraries "
                           f"({printable(', '.join(chosen.plugins))}); pass them: Pipeline.load(..., "
                           "plugins=['/path/libplugin.so']) or --plugins")
-    load_plugins(plugins)
+    load_plugins(plugins, trt)
     files = bundle.engine_files(chosen)
     runners = (TensorRTRunner(files["image_encoder"], allow_host_code=allow_host_code),
                TensorRTRunner(files["decoder"], allow_host_code=allow_host_code, keep=keep))
@@ -73,17 +73,22 @@ def open_engines(bundle, variant: str, device: str, keep: frozenset, *, allow_ho
     return runners
 
 
-def load_plugins(libraries) -> None:
-    """Load plugin libraries the user named, so their creators are registered before a plan is deserialized
-    (self-registering libraries, as `build-engine --plugins` loads them)."""
+def load_plugins(libraries, trt) -> None:
+    """Register the plugin libraries the user named before a plan is deserialized or a graph parsed, through
+    TensorRT's own registry (``IPluginRegistry.load_library``): it takes both kinds of plugin library, those that
+    register themselves when loaded and those that only export ``getCreators`` (a plain ``ctypes.CDLL`` load
+    registers the first kind only)."""
+    registry = trt.get_plugin_registry()
     for lib in libraries:
         path = Path(lib)
         if not path.is_file():
             raise PixdeployError(f"plugin library {lib} does not exist")
         try:
-            ctypes.CDLL(str(path.resolve()))
-        except OSError as e:
-            raise PixdeployError(f"cannot load plugin library {lib}: {e}") from None
+            handle = registry.load_library(str(path.resolve()))
+        except Exception as e:  # TensorRT raises its own error types
+            raise PixdeployError(f"cannot load plugin library {lib}: {str(e).splitlines()[0][:300]}") from None
+        if handle is None:
+            raise PixdeployError(f"cannot load plugin library {lib}: TensorRT's plugin registry refused it")
 
 
 class DeviceTensor:

@@ -32,7 +32,8 @@ WHEELS = ["tensorrt-cu12-bindings==10.3.0", "tensorrt-cu12-bindings==10.15.1.29"
 # top-level names. Add here what new code uses, then run again.
 ENUMS = ["BuilderFlag", "NetworkDefinitionCreationFlag", "OnnxParserFlag", "TacticSource", "ProfilingVerbosity",
          "MemoryPoolType", "LayerType", "TensorIOMode", "LayerInformationFormat", "DataType"]
-CLASSES = ["Logger", "Runtime", "ICudaEngine", "IExecutionContext", "EngineInspector", "INetworkDefinition", "ILayer"]
+CLASSES = ["Logger", "Runtime", "ICudaEngine", "IExecutionContext", "EngineInspector", "INetworkDefinition", "ILayer",
+           "IPluginRegistry"]
 STUB_SYMBOLS = ["createInferBuilder_INTERNAL", "createInferRefitter_INTERNAL", "createInferRuntime_INTERNAL",
                 "createNvOnnxParserRefitter_INTERNAL", "createNvOnnxParser_INTERNAL", "getBuilderPluginRegistry",
                 "getNvOnnxParserVersion", "getPluginRegistry", "initLibNvInferPlugins"]

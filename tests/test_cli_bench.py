@@ -53,6 +53,10 @@ def test_bad_input_is_one_line(tiny_bundle, tmp_path):
         f"error: bundle {tiny_bundle} has no variant 'fp16'; it has: fp32"
     assert run(tiny_bundle, "--backend", "nope").output.strip().startswith("error: unknown backend 'nope'")
     trt = run(tiny_bundle, "--backend", "tensorrt")  # passed through to Pipeline.load; no TensorRT here
+    # bench has the two opt-ins its TensorRT refusals name, for --backend tensorrt only, as generate and embed
+    for opt_in in (["--allow-host-code"], ["--plugins", tmp_path / "lib.so"]):
+        res = run(tiny_bundle, *opt_in)
+        assert res.output.strip() == "error: --allow-host-code and --plugins are for --backend tensorrt"
     assert trt.exit_code == 1 and len(trt.output.strip().splitlines()) == 1 and trt.output.startswith("error: ")
     res = run(tiny_bundle, "--batch", "1,x")
     assert res.exit_code == 2 and "'1,x' is not a list of comma-separated integers" in res.output

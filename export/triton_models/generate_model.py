@@ -61,7 +61,7 @@ class BlsRunner(Runner):
             tensor = pb_utils.get_output_tensor_by_name(response, n)
             if not tensor.is_cpu():
                 raise PixdeployError(f"{self.model}: output {n} arrived in GPU memory; this Triton's Python "
-                                     "backend cannot be asked for CPU outputs (needs 23.08 or later)")
+                                     "backend cannot be asked for CPU outputs (needs 23.05 or later)")
             out[n] = np.array(tensor.as_numpy())  # copied: the array views memory released with the response
         return out
 

@@ -57,6 +57,10 @@ class IntList(click.ParamType):
 @click.option("--inference-precision", type=click.Choice(["fp32", "bf16"]), default=None,
               help="OpenVINO: compute precision (default fp32; bf16 is gated against onnxruntime fp32 at load).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--plugins", "plugins", multiple=True, type=PathArg(),
+              help="TensorRT: plugin library the engines were built with (repeatable; never taken from the bundle).")
+@click.option("--allow-host-code", is_flag=True,
+              help="TensorRT: allow version-compatible engines, which embed host code (trust their source).")
 @click.option("--stage", "stages", multiple=True, type=click.Choice(["encoder", "prefill", "decode", "generate"]),
               help="Stage to time (repeatable). Default: all four.")
 @click.option("--batch", "batches", type=IntList(), default="1,8", show_default=True,
@@ -76,8 +80,8 @@ class IntList(click.ParamType):
               help="An earlier report: print the change and fail when a figure regressed past --margin.")
 @click.option("--margin", type=FiniteFloat(0.0), default=20.0, show_default=True,
               help="Percent a figure may worsen against --compare before it counts as a regression.")
-def bench(bundle, variant, backend, inference_precision, device, stages, batches, contexts, new_tokens, iters, warmup,
-          image_paths, baseline, json_out, compare_with, margin):
+def bench(bundle, variant, backend, inference_precision, device, plugins, allow_host_code, stages, batches, contexts,
+          new_tokens, iters, warmup, image_paths, baseline, json_out, compare_with, margin):
     """Time a bundle stage by stage: p50/p90/p99, throughput, peak memory; ratios to PyTorch eager with --baseline."""
     from pixdeploy.cli.run import backend_options
     from pixdeploy.files import check_not_inside, staged_file
@@ -97,7 +101,7 @@ def bench(bundle, variant, backend, inference_precision, device, stages, batches
         batches=batches, contexts=contexts,
         new_tokens=new_tokens, iters=iters, warmup=warmup,
         images=image_list(image_paths) if image_paths else None, baseline=baseline,
-        show_progress=True, backend_options=backend_options(backend, False, (), inference_precision),
+        show_progress=True, backend_options=backend_options(backend, allow_host_code, plugins, inference_precision),
     )
     click.echo(table(report))
     if json_out is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import click
@@ -22,7 +23,9 @@ def parse_size(text: str) -> int:
 
 @main.command("build-engine")
 @click.argument("bundle", type=PathArg())
-@click.option("--variant", default=None, help="Precision variant to build (default: the bundle's own graphs, fp32).")
+@click.option("--variant", default=None,
+              help="Precision variant to build (default: the bundle's own graphs, fp32; with --check: every "
+              "variant meant for TensorRT).")
 @click.option("--max-batch", type=click.IntRange(1, 1 << 16), default=4, show_default=True,
               help="Largest batch of images / sequences the engines accept.")
 @click.option("--workspace", default=None, help="TensorRT workspace limit, e.g. 2G (default: TensorRT's).")
@@ -35,12 +38,59 @@ def parse_size(text: str) -> int:
 @click.option("-o", "--out", type=PathArg(), default=None,
               help="Engine folder (default: BUNDLE/engines/<gpu>-trt<version>, listed in the manifest).")
 @click.option("--force", is_flag=True, help="Replace an engine folder built before.")
-def build_engine(bundle, variant, max_batch, workspace, timing_cache, version_compatible, plugins, out, force):
-    """Build TensorRT engines from a bundle, for the GPU and TensorRT of this machine."""
-    from pixdeploy.export.engine import build_engines
+@click.option("--check", is_flag=True,
+              help="No GPU needed: parse and build each graph with NVIDIA's ONNX parser and TensorRT builder on "
+              "the CPU (TensorRT for RTX) and report, per graph, whether they accept it and why not. Writes no "
+              "engine. Also run by a plain build-engine where TensorRT or a GPU is missing.")
+@click.option("--compute-capability", "compute_capabilities", multiple=True,
+              help="With --check: target GPU generation, e.g. 8.6 (repeatable; default 8.0 8.6 8.9).")
+@click.option("--json", "json_out", type=PathArg(), default=None, help="With --check: write the verdicts here.")
+def build_engine(bundle, variant, max_batch, workspace, timing_cache, version_compatible, plugins, out, force,
+                 check, compute_capabilities, json_out):
+    """Build TensorRT engines from a bundle, for the GPU and TensorRT of this machine (or, with --check, ask
+    NVIDIA's parser and builder about every graph on a machine without a GPU)."""
+    from pixdeploy.export.engine import NoTensorRT, build_engines
 
-    folder = build_engines(bundle, variant=variant, max_batch=max_batch,
-                           workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
-                           version_compatible=version_compatible, plugins=tuple(plugins), out=out, force=force,
-                           echo=lambda line: echo_line(line, err=True))
+    if (compute_capabilities or json_out) and not check:
+        raise PixdeployError("--compute-capability and --json are for --check")
+    if check:
+        _check(bundle, variant, max_batch, compute_capabilities, json_out)
+        return
+    try:
+        folder = build_engines(bundle, variant=variant, max_batch=max_batch,
+                               workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
+                               version_compatible=version_compatible, plugins=tuple(plugins), out=out, force=force,
+                               echo=lambda line: echo_line(line, err=True))
+    except NoTensorRT as e:
+        from pixdeploy.export import nvidia_check
+
+        if not nvidia_check.available():
+            raise
+        echo_line("no engine can be built here; asking NVIDIA's parser and builder on the CPU instead:", err=True)
+        try:
+            _check(bundle, variant, max_batch, (), None)
+        except PixdeployError as verdict:  # shown, but the error that ends the command is why nothing was built
+            echo_line(f"note: {verdict}", err=True)
+        raise PixdeployError(f"no engine was built for {bundle}: {e}") from None
     click.echo(f"engines: {printable(folder)}")
+
+
+def _check(bundle, variant, max_batch, compute_capabilities, json_out) -> None:
+    """NVIDIA's verdict per graph; exit 1 when any graph is refused."""
+    from pixdeploy.export.nvidia_check import COMPUTE_CAPABILITIES, check_bundle, parse_compute_capability
+    from pixdeploy.files import check_not_inside, staged_file
+
+    ccs = [parse_compute_capability(c) for c in compute_capabilities] or COMPUTE_CAPABILITIES
+    if json_out is not None:
+        check_not_inside(json_out, bundle)
+    report = check_bundle(bundle, [variant] if variant else None, max_batch=max_batch, compute_capabilities=ccs,
+                          echo=click.echo)
+    if json_out is not None:
+        with staged_file(json_out, echo=lambda m: echo_line(m, err=True)) as tmp:
+            tmp.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    refused = [v for v in report.verdicts if not v.accepted]
+    if refused:
+        raise PixdeployError(f"NVIDIA's parser or builder refused {len(refused)} of {len(report.verdicts)} graphs "
+                             f"(listed above; TensorRT for RTX {report.tensorrt_rtx})")
+    click.echo(f"all {len(report.verdicts)} graphs parse and build (TensorRT for RTX {report.tensorrt_rtx}); "
+               "no engine was written")

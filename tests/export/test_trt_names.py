@@ -25,7 +25,7 @@ ROOTS = {"trt", "self.trt"}  # how those files name the tensorrt module
 # Variables those files hold TensorRT objects in -> the class.
 RECEIVERS = {"runtime": "Runtime", "self.runtime": "Runtime", "engine": "ICudaEngine", "self.engine": "ICudaEngine",
              "self.context": "IExecutionContext", "inspector": "EngineInspector", "network": "INetworkDefinition",
-             "lay": "ILayer", "self.logger": "Logger"}
+             "lay": "ILayer", "self.logger": "Logger", "registry": "IPluginRegistry"}
 PACKAGE_NAMES = {"__version__"}  # set by the wheel's tensorrt/__init__.py (the script records it as the key)
 
 

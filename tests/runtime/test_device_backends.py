@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from pixdeploy.runtime import Bundle, Pipeline
 from pixdeploy.runtime.backends import open_session
-from pixdeploy.runtime.ort_gpu import OnnxRuntimeBoundRunner, tensorrt_provider
+from pixdeploy.runtime.ort_gpu import OnnxRuntimeBoundRunner
 
 from pixdeploy.errors import PixdeployError
 
@@ -35,8 +35,16 @@ def test_backend_options_are_checked(tiny_bundle):
         Pipeline.load(tiny_bundle, device="cpu", allow_host_code=True)
 
 
-def test_tensorrt_execution_provider_only_where_onnxruntime_has_it():
-    assert tensorrt_provider(["CUDAExecutionProvider", "CPUExecutionProvider"]) == []
+def test_onnxruntime_never_takes_its_tensorrt_execution_provider():
+    """onnxruntime-gpu lists TensorrtExecutionProvider whether or not TensorRT is installed."""
+    from pixdeploy.runtime.backends import execution_providers
+
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert execution_providers("cuda", gpu) == execution_providers("auto", gpu) == ["CUDAExecutionProvider",
+                                                                                    "CPUExecutionProvider"]
+    assert execution_providers("cpu", gpu) == ["CPUExecutionProvider"]
+    no_cuda = ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+    assert execution_providers("auto", no_cuda) == ["CPUExecutionProvider"]
 
 
 def test_cuda_that_cannot_be_honoured_is_an_error(tiny_bundle):

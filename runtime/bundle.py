@@ -60,6 +60,10 @@ VARIANTS_DIR = "variants"
 ENGINES_DIR = "engines"
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; a larger one is not ours
 _VARIANT_FOLDER = re.compile(r"^(?P<variant>[a-z0-9][a-z0-9-]*)-(?P<id>[0-9a-f]{8,})$")  # what adding_variant names
+# Written by adding_variant into every variant folder it makes, before anything else: the sweep removes a
+# folder only when it holds this marker (a name alone says nothing: a user may name a folder anything).
+VARIANT_MARKER = ".pixdeploy-variant"
+_MARKER_FORMAT = "pixdeploy-variant-folder"
 
 
 class BundleError(PixdeployError):
@@ -568,10 +572,31 @@ def is_bundle_dir(path: Path) -> bool:
         return False
 
 
+def mark_variant_folder(folder: Path, variant: str) -> None:
+    """Mark ``folder`` as one `adding_variant` made (`sweep_variants` removes nothing else)."""
+    (folder / VARIANT_MARKER).write_text(json.dumps({"format": _MARKER_FORMAT, "variant": variant}),
+                                         encoding="utf-8")
+
+
+def _made_by_adding_variant(folder: Path) -> bool:
+    """Whether ``folder`` holds the marker `mark_variant_folder` writes: a small regular file (not a
+    symlink) of the right format."""
+    marker = folder / VARIANT_MARKER
+    try:
+        st = marker.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
+            return False
+        info = load_json(marker, max_bytes=4096)
+    except (OSError, BadJson):
+        return False
+    return isinstance(info, dict) and info.get("format") == _MARKER_FORMAT
+
+
 def sweep_variants(bundle_path: Path, echo) -> None:
     """Remove variant folders no manifest entry names, left by a run killed before its manifest switch.
-    Only what `adding_variant` creates is ever removed — a real folder (not a symlink) named ``VARIANT-ID``,
-    or its staging sibling — and only when no running process is writing it; anything else is left alone."""
+    Only what `adding_variant` made is ever removed — a real folder (not a symlink) named ``VARIANT-ID``, or
+    its staging sibling, that holds the marker it writes first — and only when no running process is writing
+    it; anything else (a folder of the user's, whatever its name) is left alone."""
     root = real_dir(bundle_path, VARIANTS_DIR)
     if root is None:
         return
@@ -585,8 +610,8 @@ def sweep_variants(bundle_path: Path, echo) -> None:
         temp = parse_temp(p.name)  # (target, writer still running) for a staging folder
         if temp is not None and temp[1]:
             continue
-        if not _VARIANT_FOLDER.match(temp[0] if temp else p.name):
-            continue  # not a name pixdeploy gives: never deleted
+        if not _VARIANT_FOLDER.match(temp[0] if temp else p.name) or not _made_by_adding_variant(p):
+            continue  # not a folder pixdeploy made: never deleted
         shutil.rmtree(p)
         echo(f"removed {VARIANTS_DIR}/{p.name}, left by an interrupted run")
 
@@ -636,6 +661,7 @@ def adding_variant(bundle, name: str, *, force: bool, echo=print) -> Iterator[tu
     try:
         with contextlib.ExitStack() as switching:
             with staged_dir(final, what="pixdeploy variant", echo=echo) as tmp:
+                mark_variant_folder(tmp, name)  # first: a kill from here on leaves a folder the sweep knows
                 staged = StagedVariant(bundle, name, final, tmp)
                 yield staged, entry
                 switching.enter_context(locked_dir(bundle_path, echo))

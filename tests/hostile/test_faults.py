@@ -185,3 +185,43 @@ def test_a_run_says_how_it_read_the_data_and_names_what_it_skipped(tmp_path, ima
     assert "skipped 2 unreadable file(s) or unusable line(s):" in result.output
     assert f"  {data}:7: image path '../secret.png' leaves the image root" in result.output
     assert f"  {data}:8: unclosed <|image|> tag" in result.output
+
+
+def dead_pid() -> int:
+    """The PID of a process that has ended (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_quantize_never_deletes_a_folder_it_did_not_make_whatever_its_name(tiny_bundle, photo, tmp_path):
+    """Folders of the user's in variants/ named exactly like a variant or its staging sibling are kept; a
+    leftover that holds the marker quantize writes first is removed and reported."""
+    import shutil
+
+    from pixdeploy.runtime.bundle import Bundle, mark_variant_folder
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    variants = bundle / "variants"
+    mine = [variants / "fp16-0123456789abcdef", variants / f".fp16-fedcba9876543210.tmp-{dead_pid()}"]
+    for folder in mine:
+        folder.mkdir(parents=True)
+        (folder / "notes.txt").write_text("my notes, not a variant")
+    left = variants / f".fp16-00000000aaaaaaaa.tmp-{dead_pid()}"  # what a killed quantize leaves
+    left.mkdir()
+    mark_variant_folder(left, "fp16")
+    (left / "image_encoder.onnx").write_bytes(b"half written")
+    image = tmp_path / "photo.jpg"
+    photo.resize((64, 48)).save(image)
+    result = run("quantize", bundle, "--precision", "fp16", "--images", image, "--steps", "2")
+    assert result.exit_code == 0, result.output
+    for folder in mine:
+        assert (folder / "notes.txt").read_text() == "my notes, not a variant"
+        assert folder.name not in result.output
+    assert not left.exists()
+    assert f"removed variants/{left.name}, left by an interrupted run" in result.output
+    assert "fp16" in Bundle(bundle).variants

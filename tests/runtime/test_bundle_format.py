@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from pixdeploy.runtime import Bundle, Pipeline
-from pixdeploy.runtime.bundle import BundleError, sweep_variants
+from pixdeploy.runtime.bundle import BundleError, mark_variant_folder, sweep_variants
 
 from pixdeploy.cli import main
 from pixdeploy.errors import PixdeployError
@@ -128,8 +128,9 @@ def test_the_sweep_removes_only_folders_pixdeploy_made(tiny_bundle, tmp_path):
     b = copy(tiny_bundle, tmp_path / "b")
     variants = b / "variants"
     variants.mkdir()
-    orphan = variants / "int8-cpu-18f2a3b4c5d6e7f8"  # what adding_variant names, listed nowhere
+    orphan = variants / "int8-cpu-18f2a3b4c5d6e7f8"  # what adding_variant names and marks, listed nowhere
     orphan.mkdir()
+    mark_variant_folder(orphan, "int8-cpu")
     keep = [variants / "notes.txt", variants / "my-folder", variants / "calib.json"]
     keep[0].write_text("mine")
     keep[1].mkdir()

@@ -41,6 +41,11 @@ def _openvino():
 
 def inlined_onnx(path) -> bytes:
     """The graph at ``path`` with every ONNX local function (the pixdeploy custom nodes) inlined, serialized."""
+    return _inlined(path)[0]
+
+
+def _inlined(path) -> tuple[bytes, frozenset, frozenset]:
+    """(`inlined_onnx` of ``path``, the names of its graph inputs, the names of its graph outputs)."""
     try:
         import onnx
         import onnx.inliner
@@ -51,7 +56,19 @@ def inlined_onnx(path) -> bytes:
         proto = onnx.load(str(path))
     except Exception as e:  # a damaged graph (its checksum was recomputed) is the user's, not a bug
         raise PixdeployError(f"cannot load {path}: {str(e).splitlines()[0][:300]}") from None
-    return onnx.inliner.inline_local_functions(proto).SerializeToString()
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = frozenset(i.name for i in proto.graph.input if i.name not in initializers)
+    outputs = frozenset(o.name for o in proto.graph.output)
+    return onnx.inliner.inline_local_functions(proto).SerializeToString(), inputs, outputs
+
+
+def port_name(port, declared: frozenset) -> str:
+    """The name of a compiled model's input or output as the ONNX graph declares it. After compiling, a port
+    may carry several tensor names (a graph ending in a Cast gives its output the Cast's input name too, e.g.
+    ``view_9`` and ``window_embeddings``), and ``get_any_name`` may return either: the declared one is taken
+    when exactly one of them is declared (otherwise any, which the signature check then reports)."""
+    names = set(port.get_names()) & declared
+    return names.pop() if len(names) == 1 else port.get_any_name()
 
 
 def cpu_has_bf16(core) -> bool:
@@ -63,13 +80,15 @@ class OpenVinoRunner(Runner):
     """One compiled OpenVINO model and its infer request; outputs come back as numpy arrays (copies: the request
     reuses its buffers)."""
 
-    def __init__(self, compiled, keep=frozenset(), precision: str = "fp32"):
+    def __init__(self, compiled, keep=frozenset(), precision: str = "fp32", declared=(frozenset(), frozenset())):
+        """``declared``: the (input, output) names the ONNX graph declares, which name the ports."""
         self.compiled = compiled
         self.request = compiled.create_infer_request()
-        self.inputs = {p.get_any_name(): (p.get_element_type().to_dtype().type,
-                                          tuple(d.get_length() if d.is_static else "?" for d in p.get_partial_shape()))
-                       for p in compiled.inputs}
-        self.output_names = [o.get_any_name() for o in compiled.outputs]
+        self._ports = {port_name(p, declared[0]): p for p in compiled.inputs}  # fed by port, not by a name
+        self.inputs = {name: (p.get_element_type().to_dtype().type,
+                              tuple(d.get_length() if d.is_static else "?" for d in p.get_partial_shape()))
+                       for name, p in self._ports.items()}
+        self.output_names = [port_name(o, declared[1]) for o in compiled.outputs]
         self.keep = frozenset(keep)
         self.precision = precision
         self.providers = [f"OpenVINO CPU {precision}"]  # what `bench` reports as what ran
@@ -79,20 +98,21 @@ class OpenVinoRunner(Runner):
         ov = _openvino()
         core = core or ov.Core()
         try:
-            model = core.read_model(inlined_onnx(path))
+            graph, *declared = _inlined(path)
+            model = core.read_model(graph)
             compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
                                                          "PERFORMANCE_HINT": "LATENCY"})
         except PixdeployError:
             raise
         except Exception as e:  # OpenVINO raises RuntimeError for graphs it cannot convert
             raise PixdeployError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:300]}") from None
-        return cls(compiled, keep, precision)
+        return cls(compiled, keep, precision, tuple(declared))
 
     def infer_impl(self, feed: dict) -> dict:
         # Inputs are read in place (the call is synchronous and never writes them); outputs are copied out of the
         # request's buffers, which the next call overwrites, so each result stays the caller's.
-        result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()}, share_inputs=True,
-                                    share_outputs=False)
+        result = self.request.infer({self._ports.get(k, k): np.ascontiguousarray(v) for k, v in feed.items()},
+                                    share_inputs=True, share_outputs=False)
         return dict(zip(self.output_names, result.to_tuple()))
 
     def close(self) -> None:

@@ -225,3 +225,35 @@ def test_quantize_never_deletes_a_folder_it_did_not_make_whatever_its_name(tiny_
     assert not left.exists()
     assert f"removed variants/{left.name}, left by an interrupted run" in result.output
     assert "fp16" in Bundle(bundle).variants
+
+
+def test_openvino_runs_every_variant_quantize_adds(tiny_bundle, photo, tmp_path):
+    """fp16's graphs end in a Cast, whose compiled OpenVINO output port carries the Cast's input name too
+    (``view_12`` beside ``window_embeddings``); the decoder's inputs likewise. Every variant still runs on
+    ``--backend openvino`` through generate, embed and bench, and embeds as onnxruntime does on the same graphs
+    (within the fp16 limits of the parity table)."""
+    import shutil
+
+    from pixdeploy.parity_limits import THRESHOLDS, compare
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    image = tmp_path / "photo.jpg"
+    photo.resize((64, 48)).save(image)
+    for precision in (["fp16"], ["int8", "--target", "tensorrt", "--calib-count", "4"]):
+        result = run("quantize", bundle, "--precision", *precision, "--images", image, "--steps", "2")
+        assert result.exit_code == 0, result.output
+    for variant in ("fp16", "int8-tensorrt"):
+        result = run("generate", bundle, image, "--variant", variant, "--backend", "openvino", "--max-new-tokens", "2")
+        assert result.exit_code == 0 and result.output.startswith(f"{image}\t"), result.output
+        vectors = {}
+        for backend in ("openvino", "onnxruntime"):
+            out = tmp_path / f"{variant}-{backend}.npy"
+            result = run("embed", bundle, image, "--variant", variant, "--backend", backend, "-o", out)
+            assert result.exit_code == 0, result.output
+            vectors[backend] = np.load(out)
+        assert compare(vectors["openvino"], vectors["onnxruntime"])["cosine_min"] >= \
+            THRESHOLDS["fp16"]["embed_cosine_min"]
+        result = run("bench", bundle, "--variant", variant, "--backend", "openvino", "--stage", "encoder",
+                     "--batch", "1", "--iters", "5", "--warmup", "1")
+        assert result.exit_code == 0, result.output

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from pixdeploy.export import fused_decoder
 from pixdeploy.export.calibration import (
     CalibrationCache,
     CalibrationError,
@@ -52,7 +53,7 @@ from pixdeploy.export.onnx_export import graph_specs
 from pixdeploy.export.parity import ParityError, check_parity, default_parity_images
 from pixdeploy.export.profiles import get_profile
 from pixdeploy.runtime.backends import check_graphs_load
-from pixdeploy.runtime.bundle import GRAPHS, Bundle, adding_variant
+from pixdeploy.runtime.bundle import DECODER_FORMS, GRAPHS, Bundle, adding_variant
 
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import check_not_inside, sha256
@@ -223,6 +224,10 @@ class CpuScheme:
     method: str  # recorded in the manifest
     static: bool  # needs calibrated activation ranges
     options: dict  # onnxruntime quantizer arguments
+    # The decoder as onnxruntime's fused CPU graph (`pixdeploy.export.fused_decoder`) with MatMulNBits weights of
+    # this many bits, made from the PyTorch model; the encoder as the "dynamic" scheme's. None: both graphs are
+    # the bundle's fp32 graphs quantized with ``options``.
+    fused_bits: int | None = None
 
 
 CPU_SCHEMES = {s.name: s for s in (
@@ -234,7 +239,15 @@ CPU_SCHEMES = {s.name: s for s in (
               {"reduce_range": False}),
     CpuScheme("static-u8s8-qdq-reduced-range", "onnxruntime static Q/DQ, unsigned activations, 7-bit signed "
               "per-channel weights", True, {"reduce_range": True}),
+    # Weight-only int8/int4 in blocks of 32, symmetric, accuracy_level 4 (int8 products of the activations):
+    # measured against the schemes above like any other; int4 must hold the same int8 parity gate to be kept.
+    CpuScheme("fused-int8", "fused onnxruntime decoder (GroupQueryAttention, in-place KV buffer), MatMulNBits int8 "
+              "weights in blocks of 32; encoder dynamic int8", False, {"reduce_range": False}, fused_bits=8),
+    CpuScheme("fused-int4", "fused onnxruntime decoder (GroupQueryAttention, in-place KV buffer), MatMulNBits int4 "
+              "weights in blocks of 32; encoder dynamic int8", False, {"reduce_range": False}, fused_bits=4),
 )}
+FUSED_BLOCK = 32
+FUSED_FORM = DECODER_FORMS[0]  # what a variant with a fused decoder records (`Bundle.decoder_form`)
 
 
 def make_cpu_scheme(scheme: CpuScheme, src: Path, dst: Path, nodes: list[str], ranges_file: Path | None) -> None:
@@ -254,17 +267,34 @@ def make_cpu_scheme(scheme: CpuScheme, src: Path, dst: Path, nodes: list[str], r
                              weight_type=QuantType.QInt8, reduce_range=scheme.options["reduce_range"])
 
 
-def make_cpu_candidates(bundle: Bundle, root: Path, cache: CalibrationCache | None) -> dict[str, dict[str, Path]]:
-    """Every scheme of `CPU_SCHEMES` made into ``root/<scheme>/`` -> scheme -> graph -> path."""
+def cpu_schemes(bundle: Bundle) -> dict[str, CpuScheme]:
+    """The candidates for this bundle: the fused decoder needs opset 23 and IR 11, which a tensorrt-10.3 bundle's
+    variants (IR 10) cannot carry, and a head size onnxruntime's fused attention takes."""
+    fused = get_profile(bundle.export_target).ir_version >= fused_decoder.IR_VERSION \
+        and fused_decoder.unsupported(bundle.config) is None
+    return {n: s for n, s in CPU_SCHEMES.items() if s.fused_bits is None or fused}
+
+
+def make_cpu_candidates(bundle: Bundle, root: Path, cache: CalibrationCache | None, model=None
+                        ) -> dict[str, dict[str, Path]]:
+    """Every scheme of `cpu_schemes` made into ``root/<scheme>/`` -> scheme -> graph -> path (``model``: the
+    PyTorch model the fused decoders are written from; without it they are left out)."""
     out = {}
-    for scheme in CPU_SCHEMES.values():
+    for scheme in cpu_schemes(bundle).values():
+        if scheme.fused_bits is not None and model is None:
+            continue
         folder = root / scheme.name
         folder.mkdir()
         for g in GRAPHS:
+            if g == "decoder" and scheme.fused_bits is not None:
+                proto = fused_decoder.quantize_weights(fused_decoder.build(model), scheme.fused_bits, FUSED_BLOCK)
+                onnx.save(proto, str(folder / f"{g}.onnx"))
+                continue
             src = bundle.graph_path(g)
             nodes = weight_matmuls(onnx.load(str(src), load_external_data=False))
             ranges = cache.ort_cache_file(g, folder) if scheme.static else None
-            make_cpu_scheme(scheme, src, folder / f"{g}.onnx", nodes, ranges)
+            make_cpu_scheme(scheme if scheme.fused_bits is None else CPU_SCHEMES["dynamic"], src,
+                            folder / f"{g}.onnx", nodes, ranges)
             if ranges is not None:
                 ranges.unlink()
         out[scheme.name] = {g: folder / f"{g}.onnx" for g in GRAPHS}
@@ -283,25 +313,37 @@ def measure_cpu_schemes(bundle: Bundle, candidates: dict[str, dict[str, Path]], 
     one real image, one decoder step at batch 1 after a real prefill. -> scheme -> {"encoder": {p50, p90,
     p99}, "decoder_step": {...}} as ratios fp32 / scheme (> 1: faster), and "score", their geometric mean at p50."""
     import numpy as np
-    from pixdeploy.runtime.backends import OnnxRuntimeRunner
+    from pixdeploy.runtime.backends import FusedDecoderRunner, OnnxRuntimeRunner
     from pixdeploy.runtime.pipeline import Pipeline
 
     graphs = {"fp32": {g: bundle.graph_path(g) for g in GRAPHS}, **candidates}
     with Pipeline.open(bundle, device="cpu") as pipe:
         rgb, sizes = pipe.preprocess(images[:1])
-        emb = pipe.embed_letterboxed(rgb, sizes)
         ids = pipe.prompt_ids()
-        _, cache = pipe.prefill(emb, ids)
+        prompt = {"embeds": pipe.prompt_embeds(pipe.embed_letterboxed(rgb, sizes), ids),
+                  "input_pos": np.arange(len(ids), dtype=np.int64), **pipe.empty_cache(1)}
         enc_feed = {"images": rgb, "sizes": sizes}
-        dec_feed = {"embeds": pipe.text_embeddings[ids[-1:]][None].astype(np.float32),
-                    "input_pos": np.array([len(ids)], np.int64), **cache}
-    runners = {n: {g: OnnxRuntimeRunner.open(p, "cpu") for g, p in gs.items()} for n, gs in graphs.items()}
+        step = {"embeds": pipe.text_embeddings[ids[-1:]][None].astype(np.float32),
+                "input_pos": np.array([len(ids)], np.int64)}
+    pairs = bundle.cache_pairs()
+
+    def decoder(name, path):
+        if name in CPU_SCHEMES and CPU_SCHEMES[name].fused_bits is not None:
+            return FusedDecoderRunner.open(path, bundle.graphs["decoder"], pairs, bundle.config)
+        return OnnxRuntimeRunner.open(path, "cpu")
+
+    runners = {n: {"image_encoder": OnnxRuntimeRunner.open(gs["image_encoder"], "cpu"),
+                   "decoder": decoder(n, gs["decoder"])} for n, gs in graphs.items()}
     samples = {n: {"encoder": [], "decoder_step": []} for n in graphs}
     try:
+        dec_feeds = {}
+        for n, r in runners.items():  # each decoder steps on the cache its own prefill left (its own form)
+            out = r["decoder"].infer(prompt)
+            dec_feeds[n] = {**step, **{p.past: out[p.present] for p in pairs}}
         for _ in range(2):  # warm-up: first calls allocate
-            for r in runners.values():
+            for n, r in runners.items():
                 r["image_encoder"].infer(enc_feed)
-                r["decoder"].infer(dec_feed)
+                r["decoder"].infer(dec_feeds[n])
         start, done = time.perf_counter(), 0
         while done < rounds or (time.perf_counter() - start < MEASURE_SECONDS and done < MAX_ROUNDS):
             done += 1
@@ -311,7 +353,7 @@ def measure_cpu_schemes(bundle: Bundle, candidates: dict[str, dict[str, Path]], 
                 samples[n]["encoder"].append(clock() - t)
                 for _ in range(DECODE_BLOCK):
                     t = clock()
-                    r["decoder"].infer(dec_feed)
+                    r["decoder"].infer(dec_feeds[n])
                     samples[n]["decoder_step"].append(clock() - t)
     finally:
         for r in runners.values():
@@ -462,7 +504,7 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ch
         if variant.name == "int8-cpu":
             cache = calibrate(bundle, images, Path(calib_cache) if calib_cache else None, echo)
             result = choose_cpu_scheme(bundle, staged, entry, cache, gate, measure or measure_cpu_schemes,
-                                       parity_images, echo)
+                                       parity_images, echo, model)
             seconds = time.perf_counter() - t0
         else:
             detail = make_graphs(bundle, variant, model, staged.dir, images, calib_cache, echo)
@@ -480,7 +522,7 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ch
 
 
 def choose_cpu_scheme(bundle: Bundle, staged, entry: dict, cache: CalibrationCache, gate, measure, images: list,
-                      echo):
+                      echo, model=None):
     """Make every candidate scheme, time them against fp32 here, then put the fastest through the parity gate,
     the next fastest when it fails, and so on. Records in ``entry`` the scheme, the ratios and the CPU class;
     returns the kept scheme's parity result (or the last failing one, when none passes)."""
@@ -490,8 +532,9 @@ def choose_cpu_scheme(bundle: Bundle, staged, entry: dict, cache: CalibrationCac
 
     isa = cpu_class()
     with tempfile.TemporaryDirectory(prefix="pixdeploy-cpu-schemes-") as tmp:
-        echo(f"making {len(CPU_SCHEMES)} int8 schemes: {', '.join(CPU_SCHEMES)}")
-        candidates = make_cpu_candidates(bundle, Path(tmp), cache)
+        schemes = cpu_schemes(bundle)
+        echo(f"making {len(schemes)} int8 schemes: {', '.join(schemes)}")
+        candidates = make_cpu_candidates(bundle, Path(tmp), cache, model)
         echo(f"timing them against fp32 on this CPU ({isa}), interleaved")
         ratios = measure(bundle, candidates, images)
         order = sorted(ratios, key=lambda n: -ratios[n]["score"])
@@ -504,6 +547,10 @@ def choose_cpu_scheme(bundle: Bundle, staged, entry: dict, cache: CalibrationCac
                 shutil.copyfile(candidates[n][g], staged.dir / f"{g}.onnx")
                 pin_ir_version(staged.dir / f"{g}.onnx", get_profile(bundle.export_target).ir_version)
             entry["method"] = CPU_SCHEMES[n].method
+            if CPU_SCHEMES[n].fused_bits is not None:
+                entry["decoder_form"] = FUSED_FORM
+            else:
+                entry.pop("decoder_form", None)
             echo(f"trying {n}, the fastest left")
             result = gate(entry, staged)
             if result:

@@ -152,6 +152,9 @@ def to_pbtxt(cfg) -> str:
 def graph_artifacts(bundle: Bundle, backend: str, variant: str, engines: str | None = None) -> tuple[dict, object]:
     """({graph: the file each graph model serves}, the engine set or None). TensorRT engines come from
     `build-engine`, chosen by the format module's one rule (`select_engine_set`) for the variant."""
+    if bundle.decoder_form(variant) is not None:  # the repository's generation loop feeds the plain contract
+        raise PixdeployError(f"variant {variant} of {bundle.path} has a decoder written with onnxruntime's fused CPU "
+                             "operators, which a Triton repository does not serve; choose another variant")
     if backend in ("onnxruntime", "python"):
         if engines is not None:
             raise PixdeployError("--engines names a TensorRT engine set; it is for --backend tensorrt")

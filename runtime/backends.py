@@ -16,8 +16,8 @@ import numpy as np
 
 from pixdeploy.errors import PixdeployError
 
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
-             "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+             "tensor(uint8)": np.uint8, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
 NP_TYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
             "uint8": np.uint8, "bool": np.bool_}
 
@@ -142,6 +142,64 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
 
+class FusedDecoderRunner(Runner):
+    """A fused decoder graph (`pixdeploy.runtime.fused_decoder`: onnxruntime's CPU contrib operators, one KV buffer
+    per cache tensor written in place) with the plain decoder's inputs and outputs."""
+
+    def __init__(self, session, plain_signature: dict, cache_pairs: list, cfg):
+        from pixdeploy.runtime.fused_decoder import fused_cache_names
+
+        self.session = session
+        self.inputs = declared_inputs(plain_signature)
+        self.output_names = list(plain_signature["outputs"])
+        self.pairs = list(zip(cache_pairs, fused_cache_names(cfg.n_layers)))  # (plain pair, (past, present))
+        self.keep = frozenset(p.present for p in cache_pairs)
+
+    @classmethod
+    def open(cls, path, plain_signature: dict, cache_pairs: list, cfg) -> FusedDecoderRunner:
+        from pixdeploy.runtime.fused_decoder import check_fused
+
+        session = open_session(path, "cpu")
+        check_fused({i.name: (ORT_TYPES.get(i.type), list(i.shape)) for i in session.get_inputs()},
+                    {o.name: (ORT_TYPES.get(o.type), list(o.shape)) for o in session.get_outputs()}, cfg, path)
+        if len(cache_pairs) != 2 * cfg.n_layers:
+            raise PixdeployError(f"{path}: the bundle records {len(cache_pairs)} cache pairs, the fused decoder has "
+                                 f"{2 * cfg.n_layers}")
+        return cls(session, plain_signature, cache_pairs, cfg)
+
+    def infer_impl(self, feed: dict) -> dict:
+        import onnxruntime as ort
+
+        pos = np.asarray(feed["input_pos"])
+        start, tokens = int(pos[0]), len(pos)
+        if not np.array_equal(pos, np.arange(start, start + tokens)):
+            raise PixdeployError("the fused decoder takes consecutive positions from its cache's length on")
+        embeds = np.ascontiguousarray(feed["embeds"], dtype=np.float32)
+        batch = embeds.shape[0]
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("embeds", embeds)
+        lengths = np.full((batch,), start + tokens - 1, np.int32)  # held until the run: the binding reads it
+        total = np.array(start + tokens, np.int32)
+        binding.bind_cpu_input("seqlens_k", lengths)
+        binding.bind_cpu_input("total_sequence_length", total)
+        binding.bind_output("logits")
+        out = {}
+        for plain, (past, present) in self.pairs:
+            value = feed[plain.past]
+            if not isinstance(value, ort.OrtValue):  # a cache from elsewhere (zeros at the start): ours from now
+                value = ort.OrtValue.ortvalue_from_numpy(np.array(value, dtype=np.float32, copy=True))
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)  # the same buffer: written in place
+            out[plain.present] = value
+        self.session.run_with_iobinding(binding)
+        out["logits"] = binding.get_outputs()[0].numpy()
+        return out
+
+    def close(self) -> None:
+        self.session = None
+
+
+
 def check_signature(runner: Runner, signature: dict, where: str) -> None:
     """A graph (or engine) must have the inputs and outputs its manifest entry records (names, dtypes, ranks,
     fixed dims): graphs swapped between entries, or a config edited away from them, are refused when loaded."""
@@ -178,6 +236,12 @@ def _onnxruntime_runners(bundle, variant: str, device: str, keep: frozenset) -> 
     runners = []
     for graph in ("image_encoder", "decoder"):
         path = bundle.graph_path(graph, variant)
+        if graph == "decoder" and bundle.decoder_form(variant) is not None:
+            if device == "cuda":
+                raise PixdeployError(f"variant {variant} of {bundle.path} has a decoder made for onnxruntime on a "
+                                     "CPU; use --device cpu, or another variant on the GPU")
+            runners.append(FusedDecoderRunner.open(path, bundle.graphs[graph], bundle.cache_pairs(), bundle.config))
+            continue
         runner = OnnxRuntimeRunner.open(path, device, keep if graph == "decoder" else frozenset())
         check_signature(runner, bundle.graphs[graph], f"{path} ({graph} of variant {variant})")
         runners.append(runner)
@@ -212,5 +276,8 @@ def open_runners(bundle, backend: str, variant: str, device: str, **options) -> 
     unknown = set(options) - set(inspect.signature(factory).parameters)
     if unknown:
         raise PixdeployError(f"backend {backend} takes no option {', '.join(sorted(unknown))}")
+    if backend != "onnxruntime" and bundle.decoder_form(variant) is not None:
+        raise PixdeployError(f"variant {variant} of {bundle.path} has a decoder written with onnxruntime's fused CPU "
+                             f"operators; run it with --backend onnxruntime (or run another variant on {backend})")
     keep = frozenset(p.present for p in bundle.cache_pairs())
     return factory(bundle, variant, device, keep, **options)

@@ -56,6 +56,9 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 DEFAULT_VARIANT = "fp32"  # what runs unless the user names another variant
 GRAPHS = ("image_encoder", "decoder")
+# How a variant's decoder graph is written, when not the plain form every backend runs (manifest: a variant's
+# "decoder_form"): "fused-gqa-v1", onnxruntime's fused CPU operators (`pixdeploy.runtime.fused_decoder`).
+DECODER_FORMS = ("fused-gqa-v1",)
 VARIANTS_DIR = "variants"
 ENGINES_DIR = "engines"
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; a larger one is not ours
@@ -365,6 +368,14 @@ class Bundle:
                                       f"{printable(tensor.name)} in {printable(location)}, a path outside the bundle")
                 self.checked((folder / location).as_posix() if str(folder) != "." else location)
         self._checked.add(("external", name))
+
+    def decoder_form(self, name: str = DEFAULT_VARIANT) -> str | None:
+        """The form of ``name``'s decoder graph: None for the plain form, else one of `DECODER_FORMS`."""
+        form = self.variant(name).get("decoder_form")
+        if form is not None and form not in DECODER_FORMS:
+            raise BundleError(f"damaged bundle {self.path}: variant {printable(name)} records decoder form "
+                              f"{printable(repr(form))}; this pixdeploy knows {', '.join(DECODER_FORMS)}")
+        return form
 
     def cpu_scheme(self, name: str = DEFAULT_VARIANT) -> dict | None:
         """What `quantize --target cpu` measured and chose for ``name``: {scheme, isa, ratios_vs_fp32 (scheme ->

@@ -135,10 +135,14 @@ class Pipeline:
         if len(ids) >= self.cfg.max_seq_len:
             raise PixdeployError(f"prompt is {len(ids)} tokens with the image; the context holds "
                                  f"{self.cfg.max_seq_len} (shorten the prompt)")
+        return self._step(self.prompt_embeds(window_embeddings, ids), 0, self.empty_cache(len(window_embeddings)))
+
+    def prompt_embeds(self, window_embeddings: np.ndarray, ids: list[int]) -> np.ndarray:
+        """The decoder's input for a prompt: word embeddings, with each image slot holding a window embedding."""
         arr = np.asarray(ids)
         embeds = np.repeat(self.text_embeddings[np.maximum(arr, 0)][None], len(window_embeddings), axis=0)
         embeds[:, arr == IMAGE_SLOT] = window_embeddings
-        return self._step(embeds, 0, self.empty_cache(len(window_embeddings)))
+        return embeds.astype(np.float32)
 
     def token_steps(self, images: Sequence, prompt: str = "", *, max_new_tokens: int = 32,
                     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,

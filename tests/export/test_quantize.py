@@ -363,7 +363,8 @@ def test_int8_cpu_measures_here_and_records_scheme_ratios_and_class(cpu_copy, di
     assert result
     record = Bundle(path).cpu_scheme("int8-cpu")
     assert record["scheme"] in CPU_SCHEMES and record["isa"] == cpu_class() and record["isa"] != "other"
-    assert set(record["ratios_vs_fp32"]) == set(CPU_SCHEMES)
+    # The fused decoders need a head size of a multiple of 16 (tiny's is 24): tests/export/test_fused_decoder.py
+    assert set(record["ratios_vs_fp32"]) == {n for n, s in CPU_SCHEMES.items() if s.fused_bits is None}
     for r in record["ratios_vs_fp32"].values():
         assert all(r[st][q] > 0 for st in ("encoder", "decoder_step") for q in ("p50", "p90", "p99"))
     best = max(record["ratios_vs_fp32"], key=lambda n: record["ratios_vs_fp32"][n]["score"])

@@ -317,6 +317,11 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
     out = Path(out)
     if str(out) in ("", "."):
         raise PixdeployError("--out must name a run folder ('' or '.' would write into the current folder)")
+    from pixdeploy.machine import usable_cpus
+
+    if tc.num_workers > usable_cpus():  # each worker is a process: more than the CPUs only stalls the machine
+        raise PixdeployError(f"--workers {tc.num_workers} is more than the {usable_cpus()} CPU(s) this process "
+                             "may use")
     d = setup_dist()
     existing = check_run_dir(out, resume, echo if d.main else None)
     d.barrier()  # every rank has seen the folder as it was before rank 0 writes into it
@@ -349,6 +354,22 @@ def run_lock(out: Path, d: Dist):
             out.rmdir()
 
 
+class TrainingDiverged(PixdeployError):
+    """The loss, the gradients or the weights stopped being finite numbers: training stops, nothing is saved."""
+
+
+def diverged(out: Path, step: int, problem: str, tc: TrainConfig):
+    """Stop the run (`TrainingDiverged`): ``problem`` says what stopped being finite."""
+    from pixdeploy.checkpoint import Checkpoint
+
+    found = find_checkpoint(out)
+    kept = (f"the last good checkpoint {found} (step {Checkpoint(found).step}) is kept" if found is not None
+            else "no checkpoint was written")
+    raise TrainingDiverged(f"training stopped at step {step}: {problem} with "
+                           f"--lr {tc.lr:g} and --word-loss-weight {tc.word_loss_weight:g}; {kept} (a lower --lr "
+                           "or --word-loss-weight may help)")
+
+
 def loop(plan: RunPlan, tc: TrainConfig, d: Dist, *, progress: bool, on_step, echo, model_factory) -> dict:
     """The training loop in nanoGPT's order: lr -> micro-steps -> clip -> step -> log -> eval -> checkpoint."""
     out, cfg, tok = plan.out, plan.cfg, plan.tok
@@ -372,6 +393,8 @@ def loop(plan: RunPlan, tc: TrainConfig, d: Dist, *, progress: bool, on_step, ec
     def save(step_done: int):
         if not d.main:
             return
+        if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+            diverged(out, step_done, "the weights are no longer finite numbers", tc)  # never saved
         tensors, state = optimizer_to_flat(opt)
         tensors["rng.cpu"] = torch.get_rng_state()
         state["scaler"] = scaler.state_dict()
@@ -421,12 +444,15 @@ def loop(plan: RunPlan, tc: TrainConfig, d: Dist, *, progress: bool, on_step, ec
                 pixels_seen += t["images"].shape[0] * cfg.image_size**2
             scaler.unscale_(opt)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            loss_value = float(d.sum(micro_loss.clone()) / d.world)  # every rank sees the same value
+            if not math.isfinite(loss_value) or (not scaler.is_enabled() and not math.isfinite(float(grad_norm))):
+                # Before the optimizer step, so the weights stay finite; nothing of this run is saved past here
+                diverged(out, step + 1, f"the loss is {loss_value}" if not math.isfinite(loss_value)
+                         else f"the gradient norm is {float(grad_norm)}", tc)
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
             step += 1
-
-            loss_value = float(d.sum(micro_loss.clone()) / d.world)
             last = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}
             if step % tc.log_every == 0 or step == tc.steps:
                 elapsed = time.perf_counter() - t0

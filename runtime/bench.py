@@ -34,6 +34,7 @@ from tqdm import tqdm
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import sha256
 from pixdeploy.jsonfile import BadJson, brief, load_json, need
+from pixdeploy.machine import check_memory
 from pixdeploy.text import printable
 
 STAGES = ("encoder", "prefill", "decode", "generate")
@@ -290,6 +291,12 @@ def run_bench(bundle, *, variant: str = "fp32", backend: str = "onnxruntime", de
 
         eager = EagerBaseline(baseline, pipe.cfg, device=device)
     ctx = decode_contexts(pipe, contexts) if "decode" in stages else []
+    try:  # every case's inputs (and a decode case's caches) are made before timing starts: all of them must fit
+        check_memory(sum(batches) * (1 + len(ctx)) * pipe.cfg.inference_bytes_per_image(),
+                     f"--batch {','.join(map(str, batches))}", "lower --batch")
+    except PixdeployError:
+        pipe.close()
+        raise
     rgb, sizes = sample_images(images, pipe.cfg.image_size)
     cases = bundle_cases(pipe, rgb, sizes, stages, batches, ctx, new_tokens)
     if eager is not None:

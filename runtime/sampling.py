@@ -29,7 +29,11 @@ def sample(logits: np.ndarray, temperature: float = 0.0, top_k: int = 0, top_p: 
     if temperature <= 0:
         return logits.argmax(-1).astype(np.int64)
     rng = rng or np.random.default_rng()
-    z = logits.astype(np.float64) / temperature
+    # Shift before dividing: every value is <= 0, so a tiny temperature sends the rest to -inf (exp: 0) and
+    # the largest stays 0, never inf - inf (NaN) as dividing first would give at temperature 1e-308.
+    z = logits.astype(np.float64)
+    with np.errstate(over="ignore"):  # overflowing to -inf is the intent: those tokens get probability 0
+        z = (z - z.max(-1, keepdims=True)) / temperature
     if top_k > 0:
         kth = np.sort(z, axis=-1)[:, -min(top_k, z.shape[-1])][:, None]
         z = np.where(z < kth, -np.inf, z)

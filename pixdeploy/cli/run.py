@@ -70,6 +70,11 @@ def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, 
                                             **backend_options(backend, allow_host_code, plugins,
                                                               inference_precision)) as pipe:
         paths = image_list(images, read=stream)  # streamed output starts at once: a bad image must fail first
+        from pixdeploy.machine import check_memory
+
+        together = 1 if stream else min(batch_size, len(paths))
+        check_memory(together * pipe.cfg.inference_bytes_per_image(), f"--batch-size {together}",
+                     "lower --batch-size")
         _generate(pipe, paths, prompt, kw, stream, batch_size)
 
 

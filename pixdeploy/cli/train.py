@@ -7,7 +7,23 @@ from pathlib import Path
 import click
 
 from pixdeploy.cli import FiniteFloat, PathArg, main, parse_overrides, say
-from pixdeploy.config import PRESETS
+from pixdeploy.config import LIMITS, PRESETS
+from pixdeploy.machine import usable_cpus
+
+# What the arithmetic survives: the weighted loss and its gradients stay within fp16's range (65504) under fp16
+# autocast, with a word loss of up to ln(2**21) ~ 15 nats; AdamW moves each weight by about lr a step, so an lr
+# past 1 moves weights by more than their own scale (the run diverges; a non-finite loss stops it anyway).
+MAX_WORD_LOSS_WEIGHT = 1000.0
+MAX_LR = 1.0
+
+
+def _workers_bound(ctx, param, value):
+    """--workers forks that many loader processes: at most the CPUs this process may use."""
+    cpus = usable_cpus()
+    if value is not None and value > cpus:
+        raise click.BadParameter(f"{value} is more than the {cpus} CPU(s) this process may use; each worker is a "
+                                 f"process (at most {cpus})", ctx, param)
+    return value
 
 
 def train_options(f):
@@ -16,17 +32,19 @@ def train_options(f):
         click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
                      help="Examples per process per micro-step."),
         click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=6e-4, show_default=True),
+        click.option("--lr", type=FiniteFloat(min=0, max=MAX_LR, min_open=True), default=6e-4, show_default=True),
         click.option("--warmup", type=click.IntRange(min=1), default=100, show_default=True),
         click.option("--eval-every", type=click.IntRange(min=1), default=200, show_default=True),
         click.option("--ckpt-every", type=click.IntRange(min=1), default=200, show_default=True),
-        click.option("--workers", "num_workers", type=click.IntRange(min=0), default=2, show_default=True,
-                     help="Data loader worker processes."),
+        click.option("--workers", "num_workers", type=click.IntRange(min=0), default=min(2, usable_cpus()),
+                     show_default=True, callback=_workers_bound,
+                     help="Data loader worker processes (at most this machine's CPUs)."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                      show_default=True, help="auto: bf16/fp16 autocast on CUDA, fp32 on CPU."),
-        click.option("--vocab-size", type=click.IntRange(min=16), default=1024, show_default=True,
+        click.option("--vocab-size", type=click.IntRange(16, LIMITS["text_vocab"]), default=1024, show_default=True,
                      help="BPE vocabulary when the data has text."),
-        click.option("--word-loss-weight", type=FiniteFloat(min=0, min_open=True), default=1.0, show_default=True,
+        click.option("--word-loss-weight", type=FiniteFloat(min=0, max=MAX_WORD_LOSS_WEIGHT, min_open=True),
+                     default=1.0, show_default=True,
                      help="Weight of each word target against one pixel target in the loss (1: the paper's)."),
         click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=1337, show_default=True),
         click.option("--eval-percent", type=click.IntRange(0, 99), default=5, show_default=True,

@@ -23,7 +23,7 @@ from pixdeploy.runtime.pipeline import Pipeline
 from pixdeploy import __version__
 from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import check_not_inside, check_replaceable, locked_dir, staged_dir
+from pixdeploy.files import check_not_inside, check_replaceable, locked_dir, staged_dir, writing
 
 
 def write_manifest(path: Path, cfg, extra: dict) -> None:
@@ -58,7 +58,7 @@ def export_bundle(checkpoint, out, images: list | None = None, force: bool = Fal
     check_replaceable(out, replace=force, what="pixdeploy bundle", is_replaceable=is_bundle_dir)
     model = ck.load_model()
     cfg = ck.config
-    with contextlib.ExitStack() as held:
+    with contextlib.ExitStack() as held, writing(out):  # a full disk names the bundle, not a temporary
         if out.is_dir():  # --force over a bundle: wait for a quantize or build-engine changing it to finish
             held.enter_context(locked_dir(out, echo))
         bundle, result = _export_into(out, ck, model, cfg, profile, target, images, force, echo)

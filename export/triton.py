@@ -27,7 +27,7 @@ from pixdeploy.runtime.bundle import DEFAULT_VARIANT, GRAPHS, Bundle, BundleErro
 
 from pixdeploy import __version__
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import check_replaceable, staged_dir
+from pixdeploy.files import check_replaceable, staged_dir, writing
 from pixdeploy.text import printable
 
 REPOSITORY_FORMAT = "pixdeploy-triton-repository"
@@ -269,8 +269,8 @@ def write_repository(bundle_path, out, *, backend: str = "onnxruntime", max_batc
         max_batch = max_batch or engine_batch
     max_batch = max_batch or DEFAULT_MAX_BATCH
     kind = GRAPH_BACKENDS[backend]
-    with staged_dir(out, replace=force, what="pixdeploy Triton repository", is_replaceable=is_repository_dir,
-                    echo=echo) as tmp:
+    with writing(out), staged_dir(out, replace=force, what="pixdeploy Triton repository",
+                                  is_replaceable=is_repository_dir, echo=echo) as tmp:
         for g in GRAPHS:
             version = tmp / g / "1"
             version.mkdir(parents=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixdeploy.errors import PixdeployError
+from pixdeploy.files import writing
 
 MARKER = ".pixdeploy-demo"  # only a directory carrying this is ever replaced by --force
 
@@ -77,14 +78,34 @@ def prepare_workdir(workdir: Path, force: bool) -> None:
 
 def run_demo(workdir: Path, steps: int | None = None, force: bool = False, echo=print,
              plan: DemoPlan = DemoPlan()) -> dict:
+    t0 = time.perf_counter()
+    workdir = Path(workdir)
+    created = not workdir.exists()
+    prepare_workdir(workdir, force)
+    try:
+        with writing(workdir):  # a full disk names the demo's folder
+            return _run_demo(workdir, steps, plan, echo, t0)
+    except BaseException:
+        # Nothing half-made stays behind (rendered images, a run, a bundle: megabytes): the folder is left as
+        # prepare_workdir made it, holding only its marker, or removed when this call created it.
+        for p in workdir.iterdir():
+            if p.name == MARKER:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _run_demo(workdir: Path, steps: int | None, plan: DemoPlan, echo, t0: float) -> dict:
     from pixdeploy.checkpoint import Checkpoint
     from pixdeploy.data import load_examples
     from pixdeploy.demo_data import make_demo_set
     from pixdeploy.training import TrainConfig, train
 
-    t0 = time.perf_counter()
-    workdir = Path(workdir)
-    prepare_workdir(workdir, force)
     cfg = plan.config()
 
     echo(f"[1/5] rendering {plan.n_train} training and {plan.n_eval} held-out images of numbers "

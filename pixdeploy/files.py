@@ -57,17 +57,44 @@ def temp_path(final: Path, kind: str = "tmp") -> Path:
     return final.parent / f".{final.name}.{kind}-{os.getpid()}"
 
 
-def write_error(e: BaseException, path) -> PixdeployError:
-    """One line for a failed write that names the path and, when the disk is full, says so (numpy reports a
-    full disk as "N requested and M written", safetensors as a failed write of the whole buffer)."""
+def _no_room(e: BaseException) -> str | None:
+    """"full" for an error of a full disk (or quota), "too large" for one of a file-size limit, else None (numpy
+    reports a full disk as "N requested and M written", safetensors as a failed write of the whole buffer or an
+    "os error" number)."""
     import errno
 
     text = str(getattr(e, "strerror", None) or e)
-    full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "requested and" in text \
-        or "whole buffer" in text or "No space left" in text
-    if full:
+    code = getattr(e, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "requested and" in text or "whole buffer" in text \
+            or "No space left" in text or f"(os error {errno.ENOSPC})" in text:
+        return "full"
+    if code == errno.EFBIG or "File too large" in text or f"(os error {errno.EFBIG})" in text:
+        return "too large"
+    return None
+
+
+def write_error(e: BaseException, path) -> PixdeployError:
+    """One line for a failed write that names the path and, when the disk is full or a file outgrew the
+    largest file allowed, says so."""
+    room = _no_room(e)
+    if room == "full":
         return PixdeployError(f"cannot write {path}: no space left on the disk holding it; nothing was replaced")
-    return PixdeployError(f"cannot write {path}: {text}")
+    if room == "too large":
+        return PixdeployError(f"cannot write {path}: a file grew past the largest size allowed (the file-size "
+                              "limit, ulimit -f, or the file system's); nothing was replaced")
+    return PixdeployError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}")
+
+
+@contextmanager
+def writing(target) -> Iterator[None]:
+    """A full disk or a file-size limit met anywhere in the block (a library writing a graph, numpy, a copy)
+    is one line naming ``target``, the output the user asked for, not a temporary or an input."""
+    try:
+        yield
+    except OSError as e:
+        if _no_room(e) is None:
+            raise
+        raise write_error(e, target) from None
 
 
 def parse_temp(name: str) -> tuple[str, bool] | None:
@@ -75,6 +102,11 @@ def parse_temp(name: str) -> tuple[str, bool] | None:
     None for any other name."""
     m = _TEMP.match(name)
     return None if m is None else (m["name"], _pid_alive(int(m["pid"])))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (this process counts as alive)."""
+    return _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -203,8 +203,8 @@ def check_run_dir(out: Path, resume: bool, echo=None) -> Path | None:
     if out.exists() and not out.is_dir():
         raise PixdeployError(f"--out {out} exists and is not a folder")
     if not out.is_dir():
-        if resume:
-            raise CheckpointError(f"--resume given but {out} does not exist")
+        if resume and echo:  # a run stopped before its first checkpoint leaves nothing (see `loop`)
+            echo(f"no checkpoint in {out} yet: training from step 0")
         return None
     clean_stale(out / CKPT_DIR, echo)
     existing = find_checkpoint(out)
@@ -213,7 +213,10 @@ def check_run_dir(out: Path, resume: bool, echo=None) -> Path | None:
             if (out / CKPT_DIR).exists():
                 raise CheckpointError(f"cannot resume: {out / CKPT_DIR} is damaged (meta.json missing); "
                                       "nothing was changed")
-            raise CheckpointError(f"--resume given but {out} holds no checkpoint")
+            if any(out.iterdir()):
+                raise CheckpointError(f"--resume given but {out} holds no checkpoint (and is not empty)")
+            if echo:
+                echo(f"no checkpoint in {out} yet: training from step 0")
         return existing
     if existing is not None:
         raise CheckpointError(f"{out} already holds a checkpoint; pass --resume to continue it "
@@ -326,6 +329,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, tc: TrainConfig, 
     existing = check_run_dir(out, resume, echo if d.main else None)
     d.barrier()  # every rank has seen the folder as it was before rank 0 writes into it
     with run_lock(out, d):
+        resume = resume and existing is not None  # nothing to resume (a run stopped before its first checkpoint)
         plan = prepare(data, out, existing, cfg, tc, resume=resume, eval_data=eval_data, image_root=image_root,
                        data_kind=data_kind, allow_outside_root=allow_outside_root)
         if plan.ckpt is not None and plan.ckpt.step >= tc.steps:
@@ -400,6 +404,7 @@ def loop(plan: RunPlan, tc: TrainConfig, d: Dist, *, progress: bool, on_step, ec
         state["scaler"] = scaler.state_dict()
         state["train_config"] = dataclasses.asdict(tc)
         save_checkpoint(out, model.state_dict(), cfg, tok, step_done, tensors, state)
+        flush_pending()
 
     skipped: list[str] = list(plan.dataset.skipped)
     batches = batch_stream(plan.train_ex, tok, cfg, tc, d, start=step * tc.grad_accum)
@@ -409,10 +414,25 @@ def loop(plan: RunPlan, tc: TrainConfig, d: Dist, *, progress: bool, on_step, ec
     if d.main and plan.ckpt is not None:
         drop_metrics_after(metrics_path, step)
 
+    # Until the run has a checkpoint, its metrics wait in memory: a run stopped before its first checkpoint
+    # (Ctrl-C, a full disk, kill -9) leaves no file that would make its folder look like a run to resume.
+    pending: list | None = [] if plan.ckpt is None else None
+
     def log(record: dict):
-        if d.main:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        if not d.main:
+            return
+        if pending is not None:
+            pending.append(record)
+            return
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def flush_pending():
+        nonlocal pending
+        if pending is not None:
+            records, pending = pending, None
+            for record in records:
+                log(record)
 
     bar = None
     if progress and d.main:

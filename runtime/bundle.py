@@ -46,7 +46,7 @@ import numpy as np
 
 from pixdeploy.config import SPECIAL_TOKENS, ModelConfig
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import locked_dir, parse_temp, sha256, staged_dir, staged_file
+from pixdeploy.files import locked_dir, parse_temp, sha256, staged_dir, staged_file, writing
 from pixdeploy.jsonfile import BadJson, load_json
 from pixdeploy.text import printable
 from pixdeploy.tokenizer import Tokenizer
@@ -670,7 +670,7 @@ def adding_variant(bundle, name: str, *, force: bool, echo=print) -> Iterator[tu
     final = root / f"{name}-{time.time_ns():x}"  # new each run: never half-replaced
     entry: dict = {}
     try:
-        with contextlib.ExitStack() as switching:
+        with contextlib.ExitStack() as switching, writing(final):  # a full disk names the variant's folder
             with staged_dir(final, what="pixdeploy variant", echo=echo) as tmp:
                 mark_variant_folder(tmp, name)  # first: a kill from here on leaves a folder the sweep knows
                 staged = StagedVariant(bundle, name, final, tmp)

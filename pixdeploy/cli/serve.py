@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import sys
 import tempfile
@@ -66,12 +67,14 @@ def _interrupt(*_):
 def serve(bundle, host, port, grpc_port, repository, instances, max_batch, timeout):
     """Serve a bundle with Triton Inference Server (CPU; needs pixdeploy[serve]) until Ctrl-C."""
     from pixdeploy.export.triton import repository_for
-    from pixdeploy.runtime.serve import TritonServer, triton_dist
+    from pixdeploy.runtime.serve import TritonServer, make_temp_dir, sweep_temp_dirs, triton_dist
 
     triton_dist()  # refuse before writing anything when the server is not installed
     echo = lambda m: say(m, err=True)  # noqa: E731
-    with tempfile.TemporaryDirectory(prefix="pixdeploy-repo-") as tmp:
-        repo = repository_for(bundle, repository or Path(tmp) / "repository", instances=instances,
+    sweep_temp_dirs(echo)  # what a serve killed with -9 left
+    tmp = None if repository else make_temp_dir("pixdeploy-repo-")
+    try:
+        repo = repository_for(bundle, repository or tmp / "repository", instances=instances,
                               max_batch=max_batch, echo=echo)
         signal.signal(signal.SIGTERM, _interrupt)
         with TritonServer(repo, host=host, http_port=port, grpc_port=grpc_port, log=sys.stderr) as server:
@@ -87,3 +90,6 @@ def serve(bundle, host, port, grpc_port, repository, instances, max_batch, timeo
                 echo("stopping Triton")
                 raise
             raise PixdeployError(f"Triton server exited unexpectedly (code {code})")
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

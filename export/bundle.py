@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def _export_into(out: Path, ck, model, cfg, profile, target: str, images, force:
             check_fits_tensorrt(proto, spec.name, profile)
         np.save(tmp / "text_embeddings.npy", model.tok_emb.weight.detach().float().numpy(), allow_pickle=False)
         ck.tokenizer.save(tmp / "tokenizer.json")
-        source = {"checkpoint": str(ck.path), "checkpoint_step": ck.step}
+        # Absolute: the path the user typed may be relative to a folder a later command does not run from (a
+        # relative path in an older bundle is read relative to the bundle: Bundle.source_checkpoint).
+        source = {"checkpoint": os.path.abspath(ck.path), "checkpoint_step": ck.step}
         # The profile's opset and IR version replace the defaults write_manifest records.
         recorded = {"source": source, "export_profile": profile.to_dict(),
                     "onnx": {"opset": profile.opset, "ir_version": profile.ir_version, "custom_domain": DOMAIN}}

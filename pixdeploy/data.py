@@ -95,9 +95,13 @@ def parse_mixed_line(line: str, image_root: Path, origin: str, allow_outside_roo
             raise SkippedLine(f"{origin}: image path {ref!r} leaves the image root {image_root} "
                               f"(pass {ALLOW_OUTSIDE_FLAG} to read it)")
         path = image_root / ref
-        if not path.is_file():
+        if not path.is_file():  # stat only: a FIFO is never opened
             if path.is_symlink() and not path.exists():
                 raise SkippedLine(f"{origin}: image {ref!r} is a broken symlink or a symlink loop")
+            if path.is_dir():
+                raise SkippedLine(f"{origin}: image {ref!r} is a folder, not an image")
+            if path.exists():
+                raise SkippedLine(f"{origin}: image {ref!r} is not a regular file (a pipe, socket or device)")
             raise DataError(f"{origin} references a missing image: {ref!r} (looked in {image_root})")
         segments.append(path)
         pos = m.end()
@@ -229,7 +233,8 @@ def holdout_split(examples: list[Example], percent: int) -> tuple[list[Example],
     """Deterministic train/eval split by a hash of each example's origin (stable as data grows)."""
     train, held = [], []
     for ex in examples:
-        (held if zlib.crc32(ex.origin.encode()) % 100 < percent else train).append(ex)
+        # surrogateescape: a file name that is not UTF-8 hashes as its bytes (valid UTF-8 hashes as before)
+        (held if zlib.crc32(ex.origin.encode("utf-8", "surrogateescape")) % 100 < percent else train).append(ex)
     if not train:
         raise DataError("the hold-out split left no training examples; add data or lower --eval-percent")
     return train, held

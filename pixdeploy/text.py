@@ -12,6 +12,18 @@ from __future__ import annotations
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+def utf8_problem(text: str) -> str | None:
+    """None for text that encodes as UTF-8; otherwise where it does not, in words. A command-line argument
+    that is not valid UTF-8 reaches Python with its undecodable bytes as surrogate escapes (U+DC80..U+DCFF)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"character U+{code:04X}"
+        return f"is not valid UTF-8 text ({what} at character {e.start})"
+    return None
+
+
 def printable(text: object) -> str:
     """``text`` (``str()`` of it) with every character that is not printable escaped, plain space kept:
     C0 controls, DEL and C1 controls as ``\\x1b``, newline, carriage return and tab as ``\\n``, ``\\r``,

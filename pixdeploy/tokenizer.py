@@ -47,6 +47,13 @@ class Tokenizer:
         return self._tok.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
+        from pixdeploy.text import utf8_problem
+
+        if not isinstance(text, str):
+            raise PixdeployError(f"text to encode must be a string, got {type(text).__name__}")
+        problem = utf8_problem(text)
+        if problem is not None:  # the library would raise a TypeError on it
+            raise PixdeployError(f"the text {problem}")
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int]) -> str:

@@ -230,10 +230,14 @@ class Bundle:
 
     @property
     def source_checkpoint(self) -> str | None:
-        """The checkpoint the bundle was exported from, as the export recorded it (a path on that machine)."""
+        """The checkpoint the bundle was exported from (a path on the machine that exported it). A relative path
+        is relative to the bundle's folder, never to the current folder: a command run from elsewhere finds the
+        same checkpoint, not a same-named one where it runs."""
         source = self.manifest.get("source")
         checkpoint = source.get("checkpoint") if isinstance(source, dict) else None
-        return checkpoint if isinstance(checkpoint, str) and checkpoint else None
+        if not isinstance(checkpoint, str) or not checkpoint or "\x00" in checkpoint:
+            return None
+        return checkpoint if os.path.isabs(checkpoint) else os.path.normpath(self.path / checkpoint)
 
     @property
     def onnx_info(self) -> str:

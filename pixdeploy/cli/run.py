@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from contextlib import contextmanager
 
@@ -65,6 +66,10 @@ def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, 
     """Generate text for each image with the torch-free runtime."""
     from pixdeploy.runtime import Pipeline
 
+    from pixdeploy.text import utf8_problem
+
+    if utf8_problem(prompt):  # refused where it was typed, before anything loads
+        raise PixdeployError(f"--prompt {utf8_problem(prompt)}")
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     with warnings_as_lines(), Pipeline.load(bundle, backend=backend, device=device, variant=variant,
                                             **backend_options(backend, allow_host_code, plugins,
@@ -140,7 +145,9 @@ def embed(bundle, images, out, backend, allow_host_code, plugins, inference_prec
         else:
             from safetensors.numpy import save_file
 
-            save_file({"window_embeddings": vectors}, str(tmp), metadata={"images": "\n".join(map(str, paths))})
+            # The image paths as a JSON list: ASCII with \\u escapes, so a name that is not UTF-8 (its bytes kept
+            # as surrogate escapes, which os.fsencode turns back into the bytes) or that holds a newline survives.
+            save_file({"window_embeddings": vectors}, str(tmp), metadata={"images": json.dumps(list(map(str, paths)))})
     say(f"{out}: {vectors.shape[0]} images x {vectors.shape[1]} windows x {vectors.shape[2]}")
 
 

@@ -62,20 +62,40 @@ def build_engine(bundle, variant, max_batch, workspace, timing_cache, version_co
                                version_compatible=version_compatible, plugins=tuple(plugins), out=out, force=force,
                                echo=lambda line: echo_line(line, err=True))
     except NoTensorRT as e:
-        from pixdeploy.export import nvidia_check
-
-        if not nvidia_check.available():
-            raise
-        echo_line("no engine can be built here; asking NVIDIA's parser and builder on the CPU instead:", err=True)
-        try:
-            _check(bundle, variant, max_batch, (), None)
-        except PixdeployError as verdict:  # shown, but the error that ends the command is why nothing was built
-            echo_line(f"note: {verdict}", err=True)
+        _verdict_instead(bundle, variant, max_batch)
         raise PixdeployError(f"no engine was built for {bundle}: {e}") from None
     click.echo(f"engines: {printable(folder)}")
 
 
-def _check(bundle, variant, max_batch, compute_capabilities, json_out) -> None:
+class Refused(PixdeployError):
+    """NVIDIA's parser or builder refused a graph (the verdict lines say which)."""
+
+
+def _verdict_instead(bundle, variant, max_batch) -> None:
+    """Where no engine can be built, NVIDIA's verdict on the graphs, when it can be had: only for a bundle meant
+    for TensorRT, with TensorRT for RTX installed; otherwise the build's own reason is the one line shown."""
+    from pixdeploy.export import nvidia_check
+
+    if not nvidia_check.available():
+        return
+    said = []
+
+    def echo(line):
+        if not said:
+            echo_line("no engine can be built here; NVIDIA's parser and builder on the CPU say:", err=True)
+            said.append(True)
+        click.echo(line)
+
+    try:
+        _check(bundle, variant, max_batch, (), None, echo)
+    except Refused:
+        pass
+    except PixdeployError:  # not a bundle for TensorRT, or not one at all: the build's own reason stands
+        if said:
+            raise
+
+
+def _check(bundle, variant, max_batch, compute_capabilities, json_out, echo=click.echo) -> None:
     """NVIDIA's verdict per graph; exit 1 when any graph is refused."""
     from pixdeploy.export.nvidia_check import COMPUTE_CAPABILITIES, check_bundle, parse_compute_capability
     from pixdeploy.files import check_not_inside, staged_file
@@ -84,13 +104,13 @@ def _check(bundle, variant, max_batch, compute_capabilities, json_out) -> None:
     if json_out is not None:
         check_not_inside(json_out, bundle)
     report = check_bundle(bundle, [variant] if variant else None, max_batch=max_batch, compute_capabilities=ccs,
-                          echo=click.echo)
+                          echo=echo)
     if json_out is not None:
         with staged_file(json_out, echo=lambda m: echo_line(m, err=True)) as tmp:
             tmp.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
     refused = [v for v in report.verdicts if not v.accepted]
     if refused:
-        raise PixdeployError(f"NVIDIA's parser or builder refused {len(refused)} of {len(report.verdicts)} graphs "
-                             f"(listed above; TensorRT for RTX {report.tensorrt_rtx})")
-    click.echo(f"all {len(report.verdicts)} graphs parse and build (TensorRT for RTX {report.tensorrt_rtx}); "
-               "no engine was written")
+        raise Refused(f"NVIDIA's parser or builder refused {len(refused)} of {len(report.verdicts)} graphs "
+                      f"(listed above; TensorRT for RTX {report.tensorrt_rtx})")
+    echo(f"all {len(report.verdicts)} graphs parse and build (TensorRT for RTX {report.tensorrt_rtx}); "
+         "no engine was written")

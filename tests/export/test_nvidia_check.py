@@ -231,3 +231,18 @@ def test_check_names_the_compute_capabilities_it_has(tensorrt_bundles):
         result = CliRunner().invoke(main, ["build-engine", str(tensorrt_bundles["tensorrt-10.3"]), "--check",
                                            "--compute-capability", bad])
         assert result.exit_code != 0 and "MAJOR.MINOR" in result.output, bad
+
+
+def test_build_engine_without_a_gpu_shows_nvidias_verdict_then_says_why_nothing_was_built(tensorrt_bundles):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: build-engine builds instead")
+    bundle = tensorrt_bundles["tensorrt-10.3"]
+    result = CliRunner().invoke(main, ["build-engine", str(bundle), "--variant", "int8-tensorrt"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert lines[0] == "no engine can be built here; NVIDIA's parser and builder on the CPU say:"
+    assert "int8-tensorrt  decoder        parsed, built" in result.output
+    assert lines[-1].startswith(f"error: no engine was built for {bundle}: TensorRT is not installed")
+    assert not (bundle / "engines").exists()

@@ -160,21 +160,9 @@ def graph_artifacts(bundle: Bundle, backend: str, variant: str, engines: str | N
             raise PixdeployError("--engines names a TensorRT engine set; it is for --backend tensorrt")
         check_graphs_load(bundle, variant)
         return {g: bundle.graph_path(g, variant) for g in GRAPHS}, None
+    check_graphs_load(bundle, variant)  # the graphs the engines were built from: the check inspect and generate run
     chosen = select_engine_set(bundle, variant, name=engines)
     return bundle.engine_files(chosen), chosen
-
-
-def engine_headers(files: dict, chosen) -> dict:
-    """graph -> header of each engine of a set, read once, each checked to be that graph of that variant."""
-    from pixdeploy.runtime.engine_header import read_header
-
-    headers = {}
-    for graph, path in files.items():
-        header = read_header(path)
-        if header["variant"] != chosen.variant or header["graph"] != graph:
-            raise BundleError(f"{path} holds {header['graph']} of {header['variant']}, not {graph} of {chosen.variant}")
-        headers[graph] = header
-    return headers
 
 
 def engine_max_batch(headers: dict) -> int:
@@ -259,7 +247,7 @@ def write_repository(bundle_path, out, *, backend: str = "onnxruntime", max_batc
     bundle = Bundle(bundle_path)  # checks format and checksums before anything is written
     check_outside(out, bundle.path)
     artifacts, chosen = graph_artifacts(bundle, backend, variant, engines)
-    headers = engine_headers(artifacts, chosen) if chosen is not None else {}
+    headers = bundle.engine_headers(chosen) if chosen is not None else {}  # checked against the bundle
     if chosen is not None:
         engine_batch = engine_max_batch(headers)
         if max_batch is not None and max_batch > engine_batch:
@@ -301,31 +289,39 @@ def write_repository(bundle_path, out, *, backend: str = "onnxruntime", max_batc
                 "engines": chosen.name if chosen else None, "max_batch": max_batch,
                 "instances": instances, "models": [*GRAPHS, STREAM_MODEL, GENERATE_MODEL]}
         (tmp / MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
-        (tmp / "README.md").write_text(repository_readme(backend, variant, chosen), encoding="utf-8")
-    for line in server_flags(chosen):
+        (tmp / "README.md").write_text(repository_readme(backend, variant, chosen, headers), encoding="utf-8")
+    for line in server_flags(chosen, headers):
         echo(line)
     return out
 
 
-def server_flags(chosen) -> list[str]:
-    """What `tritonserver` must be started with to load a TensorRT engine set (tensorrt_backend README)."""
+def server_flags(chosen, headers: dict | None = None) -> list[str]:
+    """What `tritonserver` must be started with to load a TensorRT engine set (tensorrt_backend README). The
+    TensorRT and GPU named are the engines' own (their headers, checked against the set's record); every
+    argument to paste is quoted for the shell (a plugin name comes from the manifest)."""
+    import shlex
+
     if chosen is None:
         return []
-    lines = [f"start tritonserver with TensorRT {chosen.tensorrt} (the engines run only there) on a GPU of compute "
-             f"capability {chosen.compute_capability}"]
+    header = next(iter((headers or {}).values()), None)
+    tensorrt = header["tensorrt"] if header else chosen.tensorrt
+    cc = header["compute_capability"] if header else chosen.compute_capability
+    lines = [f"start tritonserver with TensorRT {tensorrt} (the engines run only there) on a GPU of compute "
+             f"capability {cc}"]
     if chosen.plugins:
-        lines.append("and load the plugin libraries the engines were built with: --backend-config=tensorrt,"
-                     f"plugins=\"{';'.join('/path/to/' + p for p in chosen.plugins)}\"")
+        plugins = ";".join("/path/to/" + p for p in chosen.plugins)
+        lines.append("and load the plugin libraries the engines were built with: "
+                     + shlex.quote(f"--backend-config=tensorrt,plugins={plugins}"))
     if chosen.version_compatible:
         lines.append("and allow the version-compatible engines' host code: --backend-config=tensorrt,"
                      "version-compatible=true")
     return [printable(line) for line in lines]
 
 
-def repository_readme(backend: str, variant: str, chosen) -> str:
-    lines = [f"# Triton model repository for a pixdeploy bundle (variant {variant}, backend {backend})", "",
+def repository_readme(backend: str, variant: str, chosen, headers: dict | None = None) -> str:
+    lines = [f"# Triton model repository for a pixdeploy bundle (variant {printable(variant)}, backend {backend})", "",
              "Models: image_encoder, decoder, pixdeploy (streaming), pixdeploy_generate.", ""]
-    lines += [f"- {line}" for line in server_flags(chosen)]
+    lines += [f"- {line}" for line in server_flags(chosen, headers)]
     return "\n".join(lines) + "\n"
 
 

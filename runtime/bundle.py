@@ -443,6 +443,13 @@ class Bundle:
                               str(r["compute_capability"]), str(r["export_profile"]), int(r["max_batch"]),
                               r.get("version_compatible") is True, tuple(str(p) for p in r.get("plugins") or ()),
                               files)
+                from pixdeploy.runtime.engine_header import MAX_ENGINE_BATCH
+
+                if isinstance(r["max_batch"], bool) or not isinstance(r["max_batch"], int) \
+                        or not 1 <= s.max_batch <= MAX_ENGINE_BATCH:
+                    raise ValueError("max_batch")
+                if any(not p or "/" in p or "\\" in p or not p.isprintable() for p in s.plugins):
+                    raise ValueError("plugins")  # file names of libraries, never paths
             except (KeyError, TypeError, ValueError, AttributeError):
                 raise BundleError(f"damaged bundle {self.path}: engine set {printable(repr(name))} is malformed") \
                     from None
@@ -453,6 +460,65 @@ class Bundle:
                                       f"{printable(f)}, which is not a checksummed file of its folder")
             sets.append(s)
         return sets
+
+    def engine_headers(self, engine_set: EngineSet) -> dict[str, dict]:
+        """graph -> header of each engine of a set (its file checksummed, its header read once to the strict schema
+        of `engine_header`), checked against this bundle and the set's record: the graph and variant it is for,
+        the variant's precision, the TensorRT, GPU and compute capability the set records, the sha256 of the
+        graph it was built from, and profiles over exactly the graph's inputs (their ranks and fixed dims, batch
+        dims within the set's max batch, other dims within the context). The one check of an engine before
+        anything uses it (triton, inspect)."""
+        from pixdeploy.runtime.engine_header import read_header
+
+        variant = self.variant(engine_set.variant)
+        headers = {}
+        for graph, path in self.engine_files(engine_set).items():
+            header = read_header(path)
+            graph_file = variant["graphs"][graph]["file"]
+            self.graph_path(graph, engine_set.variant)  # checksummed: the recorded sha256 is the file's
+            expected = {"graph": graph, "variant": engine_set.variant, "tensorrt": engine_set.tensorrt,
+                        "gpu": engine_set.gpu, "compute_capability": engine_set.compute_capability,
+                        "precision": variant.get("precision"),
+                        "version_compatible": engine_set.version_compatible,
+                        "max_batch": engine_set.max_batch,
+                        "source_sha256": self.files[graph_file]["sha256"]}
+            problems = [f"its {k} is {header.get(k, False if k == 'version_compatible' else None)!r:.80}, "
+                        f"not {v!r:.80}" for k, v in expected.items()
+                        if header.get(k, False if k == "version_compatible" else v) != v]
+            if any(p.startswith("its source_sha256") for p in problems):
+                problems = [f"it was not built from this bundle's {graph_file} (another source sha256)"] + \
+                    [p for p in problems if not p.startswith("its source_sha256")]
+            problems += self._profile_problems(graph, header["profiles"], engine_set.max_batch)
+            if problems:
+                raise BundleError(printable(f"engine {path} does not match bundle {self.path}: "
+                                            + "; ".join(problems[:3])))
+            headers[graph] = header
+        return headers
+
+    def _profile_problems(self, graph: str, profiles: list, max_batch: int) -> list[str]:
+        inputs = self.graphs[graph].get("inputs") or {}
+        first = next(iter(inputs.values()), {}).get("shape") or [None]
+        batch_dims = {first[0]} if isinstance(first[0], str) else set()  # the batch: the first input's first dim
+        problems = []
+        for p in profiles:
+            shapes = p["shapes"]
+            if set(shapes) != set(inputs):
+                unknown, absent = sorted(set(shapes) - set(inputs)), sorted(set(inputs) - set(shapes))
+                problems.append(f"profile {p['name']} names inputs {unknown} the graph does not have"
+                                if unknown else f"profile {p['name']} leaves out the inputs {absent}")
+                continue
+            for name, t in inputs.items():
+                lo, opt, hi = shapes[name]
+                if len(hi) != len(t["shape"]):
+                    problems.append(f"profile {p['name']} gives {name} rank {len(hi)}, the graph {len(t['shape'])}")
+                    continue
+                for d, a, c in zip(t["shape"], lo, hi):
+                    bound = max_batch if d in batch_dims else self.config.max_seq_len
+                    if (isinstance(d, int) and not a == c == d) or (isinstance(d, str) and not 1 <= a <= c <= bound):
+                        problems.append(f"profile {p['name']} gives {name} dims {lo}..{hi}, outside the graph's "
+                                        f"{t['shape']} (batch at most {max_batch})")
+                        break
+        return problems
 
     def engine_files(self, engine_set: EngineSet) -> dict[str, Path]:
         """graph -> engine file of a set, each checksummed."""

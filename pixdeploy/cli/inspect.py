@@ -52,6 +52,8 @@ def inspect(bundle):
 
     b = Bundle(bundle)  # the verification every loader runs: refused here exactly when generate/embed refuse
     graphs_loaded = load_graphs(b)  # ...and the graphs load, before a line of the report is printed
+    for engine_set in b.engine_sets():  # ...and every engine's header matches the bundle, as triton checks it
+        b.engine_headers(engine_set)
     parity = b.parity_record()
     from pixdeploy.export.profiles import get_profile  # plain data: no onnx, no torch
 

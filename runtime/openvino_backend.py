@@ -22,7 +22,7 @@ is refused with the figures, never run.
 from __future__ import annotations
 
 import numpy as np
-from pixdeploy.runtime.backends import Runner, check_signature
+from pixdeploy.runtime.runner import Runner, check_signature
 
 from pixdeploy.errors import PixdeployError
 
@@ -120,16 +120,14 @@ class OpenVinoRunner(Runner):
         self.compiled = None
 
 
-def openvino_runners(bundle, variant: str, device: str, keep: frozenset, precision: str = "fp32",
-                     gate_images=None) -> tuple[Runner, Runner]:
-    """(image encoder, decoder) on OpenVINO's CPU plugin. ``precision``: fp32 or bf16 (gated, see the module);
-    ``gate_images``: images for the bf16 gate (default: scikit-learn's sample photos and digits)."""
+def openvino_runners(bundle, variant: str, device: str, keep: frozenset, precision: str = "fp32"
+                     ) -> tuple[Runner, Runner]:
+    """(image encoder, decoder) on OpenVINO's CPU plugin at ``precision`` (fp32 or bf16). Opens only: the bf16
+    gate (`check_bf16`) is run by `Pipeline.open` on what this returns."""
     if precision not in PRECISIONS:
         raise PixdeployError(f"unknown OpenVINO precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if device == "cuda":
         raise PixdeployError("the openvino backend runs on the CPU; use --device cpu or auto")
-    if gate_images is not None and precision != "bf16":
-        raise PixdeployError("gate images are for the bf16 gate (precision bf16)")
     ov = _openvino()
     core = ov.Core()
     if precision == "bf16" and not cpu_has_bf16(core):
@@ -148,13 +146,6 @@ def openvino_runners(bundle, variant: str, device: str, keep: frozenset, precisi
         encoder.close()
         decoder.close()
         raise
-    if precision == "bf16":
-        try:
-            check_bf16(bundle, variant, encoder, decoder, gate_images)
-        except BaseException:
-            encoder.close()
-            decoder.close()
-            raise
     return encoder, decoder
 
 
@@ -174,12 +165,10 @@ def gate_checks(got, ref, got_tokens, ref_tokens) -> dict:
     return {k: (v, lim, bool(np.isfinite(v) and v >= lim)) for k, (v, lim) in values.items()}
 
 
-def check_bf16(bundle, variant: str, encoder: Runner, decoder: Runner, gate_images=None) -> dict:
-    """The bf16 gate: the OpenVINO bf16 runners against onnxruntime (fp32 compute) on the same graphs; raises
-    `Bf16GateError` naming every failing figure, returns the checks otherwise."""
-    from pixdeploy.runtime.backends import open_runners
-    from pixdeploy.runtime.pipeline import Pipeline
-
+def check_bf16(candidate, reference, gate_images=None) -> dict:
+    """The bf16 gate: ``candidate`` (a `Pipeline` on OpenVINO bf16) against ``reference`` (one on onnxruntime, fp32
+    compute, the same variant's graphs); raises `Bf16GateError` naming every failing figure, returns the checks
+    otherwise."""
     from pixdeploy.sample_images import sample_images
 
     try:
@@ -187,24 +176,18 @@ def check_bf16(bundle, variant: str, encoder: Runner, decoder: Runner, gate_imag
     except PixdeployError:
         raise PixdeployError("the bf16 gate needs images: install scikit-learn (its sample photos) or pass "
                              "gate_images") from None
-    try:
-        reference = Pipeline(bundle, *open_runners(bundle, "onnxruntime", variant, "cpu"), variant)
-    except PixdeployError as e:
-        raise PixdeployError(f"the bf16 gate compares with onnxruntime, which cannot run here: {e}") from None
-    with reference:
-        candidate = Pipeline(bundle, encoder, decoder, variant)
-        rgb, sizes = reference.preprocess(images)
-        ids = reference.prompt_ids()
-        steps = max(1, min(GATE_STEPS, bundle.config.max_seq_len - len(ids)))
-        outs = {}
-        for name, pipe in (("ref", reference), ("got", candidate)):
-            emb = pipe.embed_letterboxed(rgb, sizes)
-            logits, _ = pipe.prefill(emb, ids)
-            tokens = np.stack(list(pipe.decode_steps(emb, ids, max_new_tokens=steps, stop=None)), 1)
-            outs[name] = (emb, logits, tokens)
+    rgb, sizes = reference.preprocess(images)
+    ids = reference.prompt_ids()
+    steps = max(1, min(GATE_STEPS, reference.cfg.max_seq_len - len(ids)))
+    outs = {}
+    for name, pipe in (("ref", reference), ("got", candidate)):
+        emb = pipe.embed_letterboxed(rgb, sizes)
+        logits, _ = pipe.prefill(emb, ids)
+        tokens = np.stack(list(pipe.decode_steps(emb, ids, max_new_tokens=steps, stop=None)), 1)
+        outs[name] = (emb, logits, tokens)
     checks = gate_checks(outs["got"][:2], outs["ref"][:2], outs["got"][2], outs["ref"][2])
     failed = [f"{k}={v:.6f} (limit {lim:g})" for k, (v, lim, ok) in checks.items() if not ok]
     if failed:
-        raise Bf16GateError(f"OpenVINO bf16 of variant {variant} of {bundle.path} failed its gate against "
-                            f"onnxruntime on the same graphs: {', '.join(failed)}; use precision fp32")
+        raise Bf16GateError(f"OpenVINO bf16 of variant {candidate.variant} of {candidate.bundle.path} failed its "
+                            f"gate against onnxruntime on the same graphs: {', '.join(failed)}; use precision fp32")
     return checks

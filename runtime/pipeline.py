@@ -12,6 +12,7 @@ same tokens they were in training.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -62,8 +63,29 @@ class Pipeline:
         """A pipeline on a `Bundle` already read. backend_options: e.g. allow_host_code=True for
         version-compatible TensorRT engines, plugins=[...] for engines with plugin layers (explicit opt-ins)."""
         warn_cpu_class(bundle, variant)
-        encoder, decoder = open_runners(bundle, backend, variant, device, **backend_options)
-        return cls(bundle, encoder, decoder, variant)
+        gate_images = backend_options.pop("gate_images", None)
+        bf16 = backend == "openvino" and backend_options.get("precision") == "bf16"
+        if gate_images is not None and not bf16:
+            raise PixdeployError("gate images are for the bf16 gate (backend openvino, precision bf16)")
+        pipe = cls(bundle, *open_runners(bundle, backend, variant, device, **backend_options), variant)
+        if bf16:
+            with contextlib.ExitStack() as on_error:
+                on_error.callback(pipe.close)
+                pipe.check_against_onnxruntime(gate_images)
+                on_error.pop_all()
+        return pipe
+
+    def check_against_onnxruntime(self, gate_images=None) -> dict:
+        """OpenVINO bf16's gate: this pipeline against onnxruntime on the same variant's graphs (fp32 compute)."""
+        from pixdeploy.runtime.openvino_backend import check_bf16
+
+        try:
+            reference = Pipeline(self.bundle, *open_runners(self.bundle, "onnxruntime", self.variant, "cpu"),
+                                 self.variant)
+        except PixdeployError as e:
+            raise PixdeployError(f"the bf16 gate compares with onnxruntime, which cannot run here: {e}") from None
+        with reference:
+            return check_bf16(self, reference, gate_images)
 
     @classmethod
     def load(cls, path, backend: str = "onnxruntime", device: str = "auto", variant: str = DEFAULT_VARIANT,

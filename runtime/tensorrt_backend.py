@@ -23,9 +23,9 @@ import ctypes
 from pathlib import Path
 
 import numpy as np
-from pixdeploy.runtime.backends import Runner, check_signature
 from pixdeploy.runtime.bundle import select_engine_set
 from pixdeploy.runtime.engine_header import EngineError, check_runs_here, read_engine
+from pixdeploy.runtime.runner import Runner, check_signature
 
 from pixdeploy.errors import PixdeployError
 from pixdeploy.text import printable

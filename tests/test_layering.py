@@ -18,8 +18,8 @@ LAZY_ALLOWED = {
 }
 TORCH_FREE_ROOTS = ("pixdeploy.runtime", "pixdeploy.runtime.pipeline", "pixdeploy.runtime.bundle",
                     "pixdeploy.runtime.openvino_backend", "pixdeploy.cpu", "pixdeploy.runtime.backends",
-                    "pixdeploy.runtime.tensorrt_backend", "pixdeploy.runtime.ort_gpu", "pixdeploy.runtime.bench",
-                    "pixdeploy.runtime.serve", "pixdeploy.runtime.engine_header")
+                    "pixdeploy.runtime.tensorrt_backend", "pixdeploy.runtime.onnxruntime_backend",
+                    "pixdeploy.runtime.bench", "pixdeploy.runtime.serve", "pixdeploy.runtime.engine_header")
 
 
 def source(module: str) -> Path | None:

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from pixdeploy.runtime import Bundle, Pipeline
 from pixdeploy.runtime.backends import open_session
-from pixdeploy.runtime.ort_gpu import OnnxRuntimeBoundRunner
+from pixdeploy.runtime.onnxruntime_backend import OnnxRuntimeBoundRunner
 
 from pixdeploy.errors import PixdeployError
 

@@ -81,3 +81,67 @@ def test_the_check_sees_a_forbidden_import(tmp_path):
     bad.write_text("import numpy\n\ndef f():\n    from pixdeploy.training import train\n")
     top, lazy = imports(bad)
     assert not any(map(forbidden, top)) and any(map(forbidden, lazy))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """pixdeploy module -> the pixdeploy modules it imports, at module level or in a function (a lazy import closes
+    a loop as surely as a top-level one: it only moves the failure to the call)."""
+    modules = {}
+    for prefix, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            parts = [p for p in path.relative_to(folder).with_suffix("").parts if p != "__init__"]
+            name = ".".join([prefix, *parts])
+            if source(name) == path:
+                modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for imported in set().union(*imports(path)):
+            while imported and imported not in modules:  # `from a.b import c`: c may be a name, not a module
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                found.add(imported)
+        graph[name] = found
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_module_imports_itself_through_others():
+    graph = import_graph()
+    assert {"pixdeploy.runtime.backends", "pixdeploy.cli.app", "pixdeploy.export.quantize"} <= set(graph)
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_sees_a_loop():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

@@ -7,7 +7,7 @@ import math
 
 import click
 
-from pixdeploy.cli import PathArg, image_list, main, printable
+from pixdeploy.cli.app import PathArg, image_list, main, printable
 from pixdeploy.errors import PixdeployError
 
 

@@ -7,7 +7,7 @@ import re
 
 import click
 
-from pixdeploy.cli import PathArg, echo_line, main, printable
+from pixdeploy.cli.app import PathArg, echo_line, main, printable
 from pixdeploy.errors import PixdeployError
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}

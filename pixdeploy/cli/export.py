@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pixdeploy.cli import PathArg, echo_line, image_list, main, say, say_lines
+from pixdeploy.cli.app import PathArg, echo_line, image_list, main, say, say_lines
 from pixdeploy.errors import PixdeployError
 from pixdeploy.export.profiles import DEFAULT_PROFILE, PROFILES  # plain data: no torch or onnx
 

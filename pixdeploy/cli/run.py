@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import click
 
-from pixdeploy.cli import FiniteFloat, PathArg, image_list, main, say
+from pixdeploy.cli.app import FiniteFloat, PathArg, image_list, main, say
 from pixdeploy.errors import ContextLimitWarning, CpuClassWarning, PixdeployError
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import PathArg, main, say
+from pixdeploy.cli.app import PathArg, main, say
 from pixdeploy.errors import PixdeployError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pixdeploy.cli import FiniteFloat, PathArg, main, parse_overrides, say
+from pixdeploy.cli.app import FiniteFloat, PathArg, main, parse_overrides, say
 from pixdeploy.config import LIMITS, PRESETS
 from pixdeploy.machine import usable_cpus
 

@@ -41,6 +41,7 @@ from pixdeploy.runtime import bench as rb
 
 from benchmarks.timing import write
 from pixdeploy.config import preset
+from pixdeploy.eager_baseline import eager_baseline
 from pixdeploy.folding import prepare_batch
 from pixdeploy.model import PixTokenLM
 from pixdeploy.sample_images import sample_images
@@ -113,6 +114,7 @@ def holds_limits(precision_row: str, stats: dict) -> bool:
 def has_bf16() -> bool:
     try:
         from pixdeploy.runtime.openvino_backend import cpu_has_bf16
+
         from pixdeploy.telemetry import import_openvino
 
         ov = import_openvino()  # OpenVINO's telemetry declined, as everywhere in pixdeploy
@@ -208,7 +210,8 @@ def decoder_report(iters: int, variants: list[str]) -> dict:
         for variant in variants:
             out[variant] = rb.run_bench(bundle.path, variant=variant, device="cpu",
                                         stages=("prefill", "decode", "generate"), batches=(1, 8),
-                                        contexts=(32, 128, 256, 512), new_tokens=32, iters=iters, baseline=ck,
+                                        contexts=(32, 128, 256, 512), new_tokens=32, iters=iters,
+                                        baseline=eager_baseline(ck, device="cpu"),
                                         show_progress=True)
         out["cached_vs_recompute_at_256"] = cached_vs_recompute(bundle.path, iters)
         out["decode_paths_b1_ctx256"] = decode_paths(bundle.path, iters, Path(d))

@@ -16,6 +16,16 @@ from pixdeploy.errors import PixdeployError
 from pixdeploy.generation import generate
 
 
+def eager_baseline(checkpoint, device: str = "auto") -> Callable:
+    """What `pixdeploy.runtime.bench.run_bench` takes as ``baseline``: called with the bundle's config once the
+    bundle is open, it loads the checkpoint (refusing another model's) as the `EagerBaseline`."""
+    def make(cfg) -> EagerBaseline:
+        return EagerBaseline(checkpoint, cfg, device=device)
+
+    make.source = str(checkpoint)
+    return make
+
+
 class EagerBaseline:
     def __init__(self, checkpoint, cfg, device: str = "auto"):
         ck = Checkpoint(checkpoint)

@@ -12,7 +12,7 @@ Stages (what one timed call does):
 
 Each stage warms up, then the bundle and the baseline alternate call by call (machine noise hits both
 alike) and p50/p90/p99 come from the samples. Peak host memory is each side's resident-set high-water
-mark over its warm-up. Torch-free: the baseline (`pixdeploy.eager_baseline`) is imported only when asked for.
+mark over its warm-up. Torch-free: the caller brings the baseline (`pixdeploy.eager_baseline`, which needs torch).
 """
 
 from __future__ import annotations
@@ -277,7 +277,8 @@ def run_bench(bundle, *, variant: str = "fp32", backend: str = "onnxruntime", de
               stages: Sequence[str] = STAGES, batches: Sequence[int] = (1, 8), contexts: Sequence[int] | None = None,
               new_tokens: int = 16, iters: int = 20, warmup: int = 3, images: Sequence | None = None,
               baseline=None, show_progress: bool = False, backend_options: dict | None = None) -> dict:
-    """Time a bundle; with ``baseline`` (a checkpoint path), PyTorch eager alongside. Returns the report; every
+    """Time a bundle; with ``baseline`` (`pixdeploy.eager_baseline.eager_baseline(checkpoint)`: given the bundle's
+    config, it returns the baseline's workloads), PyTorch eager alongside. Returns the report; every
     row names the backend, variant and compute precision it timed (``backend_options``: `Pipeline.load`'s)."""
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -287,9 +288,11 @@ def run_bench(bundle, *, variant: str = "fp32", backend: str = "onnxruntime", de
     precision = compute_precision(pipe, backend, backend_options)
     eager = None
     if baseline is not None:
-        from pixdeploy.eager_baseline import EagerBaseline  # needs torch: the [train] extra
-
-        eager = EagerBaseline(baseline, pipe.cfg, device=device)
+        if not callable(baseline):
+            pipe.close()
+            raise PixdeployError("baseline= takes pixdeploy.eager_baseline.eager_baseline(checkpoint), which builds "
+                                 "PyTorch eager for the bundle's config (the runtime never imports torch itself)")
+        eager = baseline(pipe.cfg)
     ctx = decode_contexts(pipe, contexts) if "decode" in stages else []
     try:  # every case's inputs (and a decode case's caches) are made before timing starts: all of them must fit
         check_memory(sum(batches) * (1 + len(ctx)) * pipe.cfg.inference_bytes_per_image(),
@@ -323,7 +326,7 @@ def run_bench(bundle, *, variant: str = "fp32", backend: str = "onnxruntime", de
                      "providers": providers,
                      "stages": list(stages), "batches": list(batches), "contexts": ctx, "new_tokens": new_tokens,
                      "iters": iters, "warmup": warmup, "images": len(rgb),
-                     "baseline": None if baseline is None else str(baseline)},
+                     "baseline": None if baseline is None else getattr(baseline, "source", None)},
         "rows": rows,
     }
 

@@ -13,7 +13,6 @@ FORBIDDEN = ("torch", "pixdeploy.export", "pixdeploy.training", "pixdeploy.model
              "pixdeploy.checkpoint", "pixdeploy.data", "pixdeploy.demo", "onnxscript")
 # (module, imported) -> why a function of a torch-free module may import it when called
 LAZY_ALLOWED = {
-    ("pixdeploy.runtime.bench", "pixdeploy.eager_baseline"): "bench --baseline: PyTorch eager, the [train] extra",
     ("pixdeploy.folding", "torch"): "fold_torch and letterbox_torch, the training twins the runtime never calls",
 }
 TORCH_FREE_ROOTS = ("pixdeploy.runtime", "pixdeploy.runtime.pipeline", "pixdeploy.runtime.bundle",

@@ -100,7 +100,7 @@ def bench(bundle, variant, backend, inference_precision, device, plugins, allow_
         bundle, variant=variant, backend=backend, device=device, stages=stages or STAGES,
         batches=batches, contexts=contexts,
         new_tokens=new_tokens, iters=iters, warmup=warmup,
-        images=image_list(image_paths) if image_paths else None, baseline=baseline,
+        images=image_list(image_paths) if image_paths else None, baseline=eager(baseline, device),
         show_progress=True, backend_options=backend_options(backend, allow_host_code, plugins, inference_precision),
     )
     click.echo(table(report))
@@ -116,3 +116,12 @@ def bench(bundle, variant, backend, inference_precision, device, plugins, allow_
         if bad:
             worst = ", ".join(f"{c.label} {c.impl} {c.figure} {c.change:+.0%}" for c in bad[:3])
             raise PixdeployError(f"{len(bad)} figure(s) regressed past {margin:g}% against {compare_with}: {worst}")
+
+
+def eager(checkpoint, device: str):
+    """PyTorch eager as the baseline (needs torch: the [train] extra), or None without --baseline."""
+    if checkpoint is None:
+        return None
+    from pixdeploy.eager_baseline import eager_baseline
+
+    return eager_baseline(checkpoint, device=device)

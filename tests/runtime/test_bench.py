@@ -16,7 +16,9 @@ QUICK = dict(batches=(1, 2), iters=5, warmup=1, new_tokens=4)
 
 @pytest.fixture(scope="module")
 def report(tiny_bundle, tiny_checkpoint):
-    return run_bench(tiny_bundle, baseline=tiny_checkpoint, **QUICK)
+    from pixdeploy.eager_baseline import eager_baseline
+
+    return run_bench(tiny_bundle, baseline=eager_baseline(tiny_checkpoint), **QUICK)
 
 
 def test_every_stage_and_batch_is_timed_against_eager(report, tiny_bundle):

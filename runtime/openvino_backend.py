@@ -120,6 +120,102 @@ class OpenVinoRunner(Runner):
         self.compiled = None
 
 
+class KvState:
+    """What a `StatefulDecoder` hands back for each cache output: a token for the cache it holds inside the
+    compiled model (no tensor leaves it). Valid while its decoder has not been reset since."""
+
+    dtype = np.float32
+
+    def __init__(self, decoder, epoch: int, shape: tuple):
+        self.decoder, self.epoch, self.shape = decoder, epoch, shape
+
+
+class StatefulDecoder(Runner):
+    """The decoder compiled with its KV cache held inside the model (OpenVINO states: each past/present pair the
+    bundle records becomes a ReadValue/Assign variable, as optimum-intel does for LLMs), behind the plain
+    decoder's contract: a call at position 0 starts a new cache; a later call takes the `KvState` tokens its
+    previous call returned. No cache crosses the API, so none is copied in or out per step."""
+
+    def __init__(self, compiled, signature: dict, pairs: list, precision: str):
+        from pixdeploy.runtime.runner import declared_inputs
+
+        self.compiled, self.request = compiled, compiled.create_infer_request()
+        self.inputs = declared_inputs(signature)
+        self.output_names = list(signature["outputs"])
+        self.pairs = list(pairs)
+        self.keep = frozenset(p.present for p in self.pairs)
+        self.epoch, self.length = 0, 0
+        self.providers = [f"OpenVINO CPU {precision}, KV cache held in the model"]
+
+    @classmethod
+    def open(cls, path, signature: dict, pairs: list, precision: str, core) -> StatefulDecoder:
+        ov = _openvino()
+        from openvino import opset13 as ops
+        from openvino._offline_transformations import apply_make_stateful_transformation
+
+        try:
+            graph, *declared = _inlined(path)
+            model = core.read_model(graph)
+            check_signature(_Ports(model, declared), signature, f"{path} (decoder)")
+            apply_make_stateful_transformation(model, {p.past: p.present for p in pairs})
+            # Each variable starts as zeros of the cache's shape, its batch that of this call's embeds.
+            batch = ops.gather(ops.shape_of(model.input("embeds"), output_type="i64"),
+                               ops.constant(np.array([0], np.int64)), ops.constant(np.array(0, np.int64)))
+            for op in model.get_ops():
+                if op.get_type_name() == "ReadValue":
+                    dims = [ops.constant(np.array([d.get_length()], np.int64))
+                            for d in list(op.get_output_partial_shape(0))[1:]]
+                    zero = ops.constant(np.array(0, op.get_output_element_type(0).to_dtype()))
+                    op.set_arguments([ops.broadcast(zero, ops.concat([batch, *dims], 0))])
+            model.validate_nodes_and_infer_types()
+            compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+                                                         "PERFORMANCE_HINT": "LATENCY"})
+        except PixdeployError:
+            raise
+        except Exception as e:  # OpenVINO raises RuntimeError for graphs it cannot convert
+            raise PixdeployError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:300]}") from None
+        del ov
+        return cls(compiled, signature, pairs, precision)
+
+    def infer_impl(self, feed: dict) -> dict:
+        pos = np.asarray(feed["input_pos"])
+        start, tokens = int(pos[0]), len(pos)
+        if start == 0:
+            self.request.reset_state()
+            self.epoch, self.length = self.epoch + 1, 0
+        else:
+            for p in self.pairs:
+                held = feed[p.past]
+                if not (isinstance(held, KvState) and held.decoder is self and held.epoch == self.epoch) \
+                        or start > self.length:
+                    raise PixdeployError("this OpenVINO decoder holds its KV cache inside the model: continue from "
+                                         "the cache its last call returned, or start again at position 0")
+        embeds = np.ascontiguousarray(feed["embeds"])
+        result = self.request.infer({"embeds": embeds, "input_pos": np.ascontiguousarray(pos)},
+                                    share_inputs=True, share_outputs=False)
+        self.length = max(self.length, start + tokens)
+        out = {"logits": result[self.compiled.output(0)]}
+        for p in self.pairs:
+            shape = tuple(embeds.shape[0] if isinstance(d, str) else d for d in p.shape)
+            out[p.present] = KvState(self, self.epoch, shape)
+        return out
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+class _Ports:
+    """A read (not compiled) OpenVINO model's inputs and outputs, as `check_signature` reads a runner's."""
+
+    def __init__(self, model, declared):
+        ports = {port_name(p, declared[0]): p for p in model.inputs}
+        self.inputs = {n: (p.get_element_type().to_dtype().type,
+                           tuple(d.get_length() if d.is_static else "?" for d in p.get_partial_shape()))
+                       for n, p in ports.items()}
+        self.output_names = [port_name(o, declared[1]) for o in model.outputs]
+
+
 def openvino_runners(bundle, variant: str, device: str, keep: frozenset, precision: str = "fp32"
                      ) -> tuple[Runner, Runner]:
     """(image encoder, decoder) on OpenVINO's CPU plugin at ``precision`` (fp32 or bf16). Opens only: the bf16
@@ -134,17 +230,12 @@ def openvino_runners(bundle, variant: str, device: str, keep: frozenset, precisi
         raise PixdeployError("bf16 asked for, but this CPU has no native bf16 (AVX512_BF16 or AMX); use fp32")
     encoder = OpenVinoRunner.open(bundle.graph_path("image_encoder", variant), precision, core=core)
     try:
-        decoder = OpenVinoRunner.open(bundle.graph_path("decoder", variant), precision, keep, core=core)
+        check_signature(encoder, bundle.graphs["image_encoder"], f"{bundle.graph_path('image_encoder', variant)} "
+                        f"(image_encoder of variant {variant})")
+        decoder = StatefulDecoder.open(bundle.graph_path("decoder", variant), bundle.graphs["decoder"],
+                                       bundle.cache_pairs(), precision, core)
     except BaseException:
         encoder.close()
-        raise
-    try:
-        for graph, runner in (("image_encoder", encoder), ("decoder", decoder)):
-            check_signature(runner, bundle.graphs[graph], f"{bundle.graph_path(graph, variant)} ({graph} of "
-                            f"variant {variant})")
-    except BaseException:
-        encoder.close()
-        decoder.close()
         raise
     return encoder, decoder
 

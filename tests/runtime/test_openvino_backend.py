@@ -42,8 +42,21 @@ def test_fp32_matches_onnxruntime_and_answers_the_same(ov_pipe, ort_pipe, images
     got_logits, got_cache = ov_pipe.prefill(got, ids)
     ref_logits, _ = ort_pipe.prefill(ref, ids)
     assert np.abs(got_logits - ref_logits).max() < 1e-4
-    assert all(isinstance(v, np.ndarray) for v in got_cache.values())
+    # The KV cache stays inside the compiled model (OpenVINO states): the pipeline carries tokens, not tensors.
+    assert all(isinstance(v, ovb.KvState) for v in got_cache.values())
     assert ov_pipe.generate_batch(images, max_new_tokens=12) == ort_pipe.generate_batch(images, max_new_tokens=12)
+
+
+def test_the_stateful_decoder_refuses_a_cache_it_no_longer_holds(ov_pipe, images):
+    emb = ov_pipe.embed(images[:1])
+    ids = ov_pipe.prompt_ids()
+    _, old = ov_pipe.prefill(emb, ids)
+    ov_pipe.prefill(emb, ids)  # a new sequence: the state was reset, the first tokens are stale
+    step = ov_pipe.text_embeddings[[5]][:, None]
+    with pytest.raises(PixdeployError, match="holds its KV cache inside the model"):
+        ov_pipe._step(step, len(ids), old)
+    with pytest.raises(PixdeployError, match="holds its KV cache inside the model"):
+        ov_pipe._step(step, len(ids), ov_pipe.empty_cache(1))  # a cache from elsewhere cannot be loaded into it
 
 
 def test_runner_contract(ov_pipe, tiny_bundle):

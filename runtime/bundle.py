@@ -305,6 +305,7 @@ class Bundle:
             ("decoder", "inputs", "embeds"): ["batch", "tokens", C],
             ("decoder", "outputs", "logits"): ["batch", cfg.vocab_out],
         }
+        self._check_tensor_records(cfg)
         for (graph, io, tensor), shape in expect.items():
             entry = self.graphs.get(graph)
             got = entry.get(io, {}).get(tensor) if isinstance(entry, dict) and isinstance(entry.get(io), dict) else None
@@ -312,6 +313,34 @@ class Bundle:
             if recorded != shape:
                 raise BundleError(f"damaged bundle {self.path}: manifest config does not match graph {graph}'s "
                                   f"{tensor} (recorded {printable(repr(recorded))}, config gives {shape})")
+
+    def _check_tensor_records(self, cfg) -> None:
+        """Every recorded tensor of every graph: a dtype the runtimes know and a shape of at most 8 dims, each
+        a symbol or an integer no larger than the config's largest size (a shape of 10**15 is no model's), so
+        nothing is sized from a record before the record is known to be sane."""
+        from pixdeploy.runtime.runner import NP_TYPES
+
+        bound = max(cfg.max_seq_len, cfg.image_size, cfg.dim, cfg.vocab_out, cfg.mlp_hidden, cfg.n_windows, 3)
+        for graph in GRAPHS:
+            entry = self.graphs.get(graph)
+            if not isinstance(entry, dict):
+                raise BundleError(f"damaged bundle {self.path}: manifest.json records no graph {graph}")
+            for io in ("inputs", "outputs"):
+                tensors = entry.get(io)
+                if not isinstance(tensors, dict) or not tensors:
+                    raise BundleError(f"damaged bundle {self.path}: graph {graph} records no {io}")
+                for name, t in tensors.items():
+                    where = f"damaged bundle {self.path}: graph {graph}'s {io[:-1]} {printable(repr(name))}"
+                    if not isinstance(t, dict) or not isinstance(t.get("dtype"), str) or t["dtype"] not in NP_TYPES:
+                        dtype = t.get("dtype") if isinstance(t, dict) else None
+                        raise BundleError(f"{where} has dtype {printable(repr(dtype))[:60]}, not one of "
+                                          f"{', '.join(NP_TYPES)}")
+                    shape = t.get("shape")
+                    if not isinstance(shape, list) or len(shape) > 8 or not all(
+                            (isinstance(d, str) and d.isidentifier() and len(d) <= 32)
+                            or (isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= bound) for d in shape):
+                        raise BundleError(f"{where} has shape {printable(repr(shape))[:80]}, not dims of at most "
+                                          f"{bound} (the config's largest size) or symbols")
 
     # -- variants --
 
@@ -421,10 +450,29 @@ class Bundle:
                 pair = CachePair(str(item["past"]), str(item["present"]), str(item["dtype"]), tuple(item["shape"]))
             except (KeyError, TypeError):
                 raise BundleError(f"damaged bundle {self.path}: a KV-cache entry of the decoder is malformed") from None
-            if (inputs.get(pair.past) or {}).get("dtype") != pair.dtype or pair.present not in outputs:
+            past, present = inputs.get(pair.past), outputs.get(pair.present)
+            if not isinstance(past, dict) or not isinstance(present, dict):
                 raise BundleError(f"damaged bundle {self.path}: KV-cache pair {printable(pair.past)} -> "
                                   f"{printable(pair.present)} is not among the decoder's inputs and outputs")
+            # The pair is exactly the tensors it joins: one dtype, one shape (its batch the only symbol).
+            if not (past.get("dtype") == present.get("dtype") == pair.dtype
+                    and past.get("shape") == present.get("shape") == list(pair.shape)
+                    and pair.shape[:1] == ("batch",) and all(isinstance(d, int) for d in pair.shape[1:])):
+                raise BundleError(f"damaged bundle {self.path}: KV-cache pair {printable(pair.past)} -> "
+                                  f"{printable(pair.present)} records {printable(pair.dtype)}"
+                                  f"{printable(list(pair.shape))}, not the dtype and shape of both tensors it joins")
             pairs.append(pair)
+        # Every decoder input but the step's own (embeds, positions) is a past, every output but the logits a
+        # present, each in exactly one pair, and each pair joins the i-th past input with the i-th present output
+        # in the recorded order (the list itself may come in any order; the runners check the recorded order
+        # against the graph itself): a pair that feeds one layer's cache to another is refused.
+        pasts = [n for n in inputs if n not in ("embeds", "input_pos")]
+        presents = [n for n in outputs if n != "logits"]
+        got = [(p.past, p.present) for p in pairs]
+        if len(set(got)) != len(got) or set(got) != set(zip(pasts, presents)) or len(pasts) != len(presents):
+            raise BundleError(f"damaged bundle {self.path}: the decoder's KV-cache pairs "
+                              f"{printable(got[:4])[:160]} do not pair its cache inputs with its cache outputs in "
+                              "the graph's order")
         return pairs
 
     # -- engine sets --
@@ -532,8 +580,24 @@ class Bundle:
     def text_embeddings(self) -> np.ndarray:
         if self._embeddings is not None:
             return self._embeddings
+        path = self.checked("text_embeddings.npy")
+        want = (self.config.text_vocab, self.config.dim)
+        try:  # the header first: the shape and dtype it declares are checked before numpy allocates anything
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                data_bytes = os.fstat(f.fileno()).st_size - f.tell()
+        except (OSError, ValueError, EOFError) as e:
+            raise BundleError(f"damaged bundle {self.path}: text_embeddings.npy: {printable(str(e))}") from None
+        if dtype.hasobject:
+            raise BundleError(f"damaged bundle {self.path}: text_embeddings.npy: holds Python objects, which would "
+                              "need pickle")
+        if dtype != np.dtype("<f4") or tuple(shape) != want or fortran or data_bytes != 4 * want[0] * want[1]:
+            raise BundleError(f"damaged bundle {self.path}: text embeddings have shape {tuple(shape)} ({dtype}, "
+                              f"{data_bytes} bytes of data), expected {want} float32")
         try:
-            table = np.load(self.checked("text_embeddings.npy"), allow_pickle=False)
+            table = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             raise BundleError(f"damaged bundle {self.path}: text_embeddings.npy: {printable(str(e))}") from None
         if not isinstance(table, np.ndarray) or table.dtype != np.float32:

@@ -94,5 +94,14 @@ def check_signature(runner: Runner, signature: dict, where: str) -> None:
             fixed = [(a, b) for a, b in zip(got_shape, shape) if isinstance(a, int) and a >= 0 and isinstance(b, int)]
             if np.dtype(got_dtype) != np.dtype(dtype) or len(got_shape) != len(shape) or any(a != b for a, b in fixed):
                 problems.append(f"input {name} is {np.dtype(got_dtype).name}{list(got_shape)}")
+    cache = signature.get("cache") if isinstance(signature.get("cache"), list) else []
+    pairs = [(c.get("past"), c.get("present")) for c in cache if isinstance(c, dict)]
+    pasts, presents = [p for p, _ in pairs], [q for _, q in pairs]
+    in_graph = list(zip([n for n in runner.inputs if n in pasts], [n for n in runner.output_names if n in presents]))
+    if not problems and pairs and sorted(map(str, in_graph)) != sorted(map(str, pairs)):
+        # The pairs feed each present output back as a past input. The graph pairs its i-th cache input with its
+        # i-th cache output; any other pairing would feed one layer's cache to another (other answers from the
+        # same graphs), whatever order the manifest lists them in.
+        problems.append("pairs its KV-cache inputs and outputs otherwise than the manifest's cache pairs")
     if problems:
         raise PixdeployError(f"{where} does not match its manifest entry: it {'; '.join(problems)}")

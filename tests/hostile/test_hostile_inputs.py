@@ -231,6 +231,20 @@ def object_array_embeddings(b: Path):
     np.save(b / "text_embeddings.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
 
 
+def swap_cache_presents(m: dict) -> None:
+    """Layer 0's key cache fed from layer 1's and back: names all valid, answers not."""
+    cache = m["graphs"]["decoder"]["cache"]
+    cache[0]["present"], cache[2]["present"] = cache[2]["present"], cache[0]["present"]
+
+
+def huge_embeddings_header(b: Path) -> None:
+    """A .npy header declaring 5e6 x 5e6 float32 (91 TiB) over 64 bytes of data."""
+    with open(b / "text_embeddings.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": (5_000_000, 5_000_000)})
+        f.write(b"\0" * 64)
+
+
 def wrong_shape_embeddings(b: Path):
     np.save(b / "text_embeddings.npy", np.zeros((3, 5), np.float32))
 
@@ -346,6 +360,19 @@ BUNDLE_INPUTS = [
     ("tokenizer non-UTF-8, sums match", damaged_bundle(lambda b: write(b / "tokenizer.json", b"\xff")),
      r"damaged bundle", 1),
     ("parity.json garbage, sums match", damaged_bundle(lambda b: write(b / "parity.json", "[1]")), None, None),
+    ("cache pairs swapped", edit_manifest(swap_cache_presents),
+     r"KV-cache pairs .* do not pair its cache inputs with its cache outputs in the graph's order", 1),
+    ("cache pair of another shape",
+     edit_manifest(lambda m: m["graphs"]["decoder"]["cache"][0].update(shape=["batch", -1])),
+     r"KV-cache pair past_k_0 -> present_k_0 records .*not the dtype and shape of both tensors it joins", 1),
+    ("input shape 10**15",
+     edit_manifest(lambda m: m["graphs"]["decoder"]["inputs"]["past_k_0"]["shape"].__setitem__(2, 10**15)),
+     r"graph decoder's input 'past_k_0' has shape .*1000000000000000.*not dims of at most \d+ \(the config's "
+     r"largest", 1),
+    ("unknown dtype", edit_manifest(lambda m: m["graphs"]["decoder"]["inputs"]["past_k_0"].update(dtype="float128")),
+     r"graph decoder's input 'past_k_0' has dtype 'float128', not one of float32", 1),
+    ("embeddings header of 91 TiB, sums match", damaged_bundle(huge_embeddings_header),
+     r"text embeddings have shape \(5000000, 5000000\) \(float32, 64 bytes of data\), expected", 1),
 ]
 def meta_symlinked_outside(case: Path, g: Good) -> Path:
     """meta.json a symlink to a valid meta.json outside the checkpoint: followed, it would be parsed and the

@@ -65,7 +65,6 @@ def generate(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, 
              allow_host_code, plugins, inference_precision, device, variant):
     """Generate text for each image with the torch-free runtime."""
     from pixdeploy.runtime import Pipeline
-
     from pixdeploy.text import utf8_problem
 
     if utf8_problem(prompt):  # refused where it was typed, before anything loads

@@ -6,8 +6,6 @@ import math
 import shutil
 import signal
 import sys
-import tempfile
-from pathlib import Path
 
 import click
 

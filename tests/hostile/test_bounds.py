@@ -12,7 +12,6 @@ import warnings
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from pixdeploy.cli import main
 
@@ -104,9 +103,11 @@ def test_weights_that_stop_being_finite_are_never_saved_and_the_last_good_checkp
     assert (out / "checkpoint" / "model.safetensors").read_bytes() == weights
 
 
-def test_sampling_survives_the_smallest_temperature(good_logits=np.array([[5.0, 1.0, -3.0]], np.float32)):
+def test_sampling_survives_the_smallest_temperature():
     """Dividing by 1e-308 before shifting made 5e308 = inf and inf - inf = NaN probabilities."""
     from pixdeploy.runtime.sampling import sample
+
+    good_logits = np.array([[5.0, 1.0, -3.0]], np.float32)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no overflow or invalid-value warning either

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from pixdeploy.cli import main
 
@@ -79,8 +78,9 @@ def test_a_fifo_or_a_folder_named_like_an_image_in_mixed_data_is_skipped_and_nam
 
 
 def test_a_prompt_that_is_not_utf8_is_one_line(tiny_bundle, photo, tmp_path):
-    from pixdeploy.errors import PixdeployError
     from pixdeploy.runtime import Pipeline
+
+    from pixdeploy.errors import PixdeployError
 
     image = tmp_path / "p.jpg"
     photo.resize((64, 48)).save(image)

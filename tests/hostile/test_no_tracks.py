@@ -28,8 +28,8 @@ def listing(root: Path) -> list[str]:
 
 
 def test_the_main_commands_write_nothing_outside_their_outputs(tmp_path, tiny_checkpoint):
-    from sklearn.datasets import load_sample_images
     from PIL import Image
+    from sklearn.datasets import load_sample_images
 
     home, tmp, cwd, work = (tmp_path / n for n in ("home", "tmp", "cwd", "work"))
     for d in (home, tmp, cwd, work):

@@ -69,16 +69,44 @@ class Variant:
     precision: str  # the row of the parity threshold table
     target: str  # what it is for: any, tensorrt, cpu
     method: str  # how the graphs are made, recorded in the manifest
+    calibrated: bool = False  # takes --calib/--calib-count/--calib-cache (activation ranges)
+    # How the graphs are made and gated: a key of `MAKERS` (defined below, with the makers).
+    make: str = "half"
 
 
 VARIANTS = {
     ("fp16", "tensorrt"): Variant("fp16", "fp16", "any", "half-precision export with fp32 islands"),
     ("fp16", "cpu"): Variant("fp16", "fp16", "any", "half-precision export with fp32 islands"),
     ("int8", "tensorrt"): Variant("int8-tensorrt", "int8", "tensorrt",
-                                  "onnxruntime QDQ, symmetric int8, per-channel weights, MinMax calibration"),
+                                  "onnxruntime QDQ, symmetric int8, per-channel weights, MinMax calibration",
+                                  calibrated=True, make="tensorrt-qdq"),
     ("int8", "cpu"): Variant("int8-cpu", "int8", "cpu",
-                             "onnxruntime int8, the scheme measured fastest on this CPU that passes parity"),
+                             "onnxruntime int8, the scheme measured fastest on this CPU that passes parity",
+                             calibrated=True, make="cpu-schemes"),
 }
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """What `quantize_bundle` takes beyond the bundle, precision and target.
+
+    ``checkpoint``: the PyTorch model to gate against (default: the one the bundle names). ``calib``,
+    ``calib_count``, ``calib_cache``: the int8 calibration images and the cache of their ranges. ``parity_images``:
+    the gate's images (default: real sample photos). ``extra_checks(pipeline) -> [Check]`` adds checks to the gate
+    (the demo's held-out reading). ``steps``: greedy tokens compared per image (an answer's length, not a page's:
+    past a model's answer its tokens are guesses that quantization noise may flip). ``force``: replace the
+    variant. ``measure``: how int8-cpu times its candidate schemes (default `measure_cpu_schemes`; tests pass
+    rigged timings)."""
+
+    checkpoint: object = None
+    calib: object = None
+    calib_count: int | None = None
+    calib_cache: object = None
+    parity_images: list | None = None
+    extra_checks: Callable | None = None
+    steps: int = 8
+    force: bool = False
+    measure: Callable | None = None
 PRECISIONS = ("fp16", "int8")
 TARGETS = ("tensorrt", "cpu")
 
@@ -413,12 +441,12 @@ def pin_ir_version(path: Path, ir_version: int) -> None:
 # ---- the bundle ----
 
 
-def check_request(variant: Variant, calib, calib_count, calib_cache) -> None:
+def check_request(variant: Variant, o: QuantizeOptions) -> None:
     """Options that do not fit the variant, refused before any work."""
-    if variant.precision != "int8" and (calib is not None or calib_count is not None or calib_cache is not None):
+    if not variant.calibrated and (o.calib is not None or o.calib_count is not None or o.calib_cache is not None):
         raise PixdeployError("--calib, --calib-count and --calib-cache are for int8; fp16 needs no calibration")
-    if calib_count is not None and calib_count < 1:
-        raise CalibrationError(f"--calib-count must be at least 1, got {calib_count}")
+    if o.calib_count is not None and o.calib_count < 1:
+        raise CalibrationError(f"--calib-count must be at least 1, got {o.calib_count}")
 
 
 def source_model(bundle: Bundle, checkpoint):
@@ -435,11 +463,11 @@ def source_model(bundle: Bundle, checkpoint):
 
 
 def make_graphs(bundle: Bundle, variant: Variant, model, out: Path, images: list, calib_cache, echo) -> dict:
-    """Write the variant's two graphs into ``out``; returns what the manifest records about how."""
+    """Write the variant's two graphs into ``out`` (fp16 or int8-tensorrt); returns what the manifest records
+    about how."""
     echo(f"making {variant.name}: {variant.method}")
-    if variant.precision == "int8":
-        cache = (calibrate(bundle, images, Path(calib_cache) if calib_cache else None, echo)
-                 if variant.name == "int8-tensorrt" else None)
+    if variant.make == "tensorrt-qdq":
+        cache = calibrate(bundle, images, Path(calib_cache) if calib_cache else None, echo)
         detail = make_int8(bundle, variant, out, cache)
     else:
         detail = make_fp16(model, out, get_profile(bundle.export_target))
@@ -461,64 +489,88 @@ def check_fits_target(bundle: Bundle, variant: Variant, out: Path) -> None:
         check_fits_tensorrt(onnx.load(str(out / f"{g}.onnx")), f"{variant.name} {g}", profile)
 
 
-def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, checkpoint=None, calib=None,
-                    calib_count: int | None = None, calib_cache=None, parity_images: list | None = None,
-                    extra_checks: Callable | None = None, steps: int = 8, force: bool = False, echo=print,
-                    measure: Callable | None = None):
+def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, echo=print, **options):
     """Add a variant to a bundle once it passes its precision's parity gate. Returns (Bundle, ParityResult).
+    ``options``: the fields of `QuantizeOptions`.
 
     The bundle transaction is the format module's (`adding_variant`): a kill at any moment leaves the bundle
-    loading and verifying as before. ``extra_checks(pipeline) -> [Check]`` adds checks to the gate (the demo's
-    held-out reading). ``steps``: greedy tokens compared per image (an answer's length, not a page's:
-    past a model's answer its tokens are guesses that quantization noise may flip). ``measure``: how int8-cpu
-    times its candidate schemes (default `measure_cpu_schemes`; tests pass rigged timings).
-    """
+    loading and verifying as before."""
+    o = QuantizeOptions(**options)
     variant = choose_variant(precision, target)
-    check_request(variant, calib, calib_count, calib_cache)
+    check_request(variant, o)
     bundle = Bundle(bundle_path)  # refuses a damaged bundle before any work
-    if variant.name in bundle.variants and not force:
+    if variant.name in bundle.variants and not o.force:
         raise PixdeployError(f"bundle {bundle.path} already has variant {variant.name}; pass --force to replace it")
     check_graphs_load(bundle, "fp32")  # the graphs the variant is made from
-    ck = source_model(bundle, checkpoint)
-    if calib_cache is not None and not _cache_hit(calib_cache):
-        check_not_inside(Path(calib_cache), bundle.path)  # written: never into the bundle being changed
-    calibrated = variant.precision == "int8"  # int8-cpu: for its static candidate schemes
-    images = calibration_images(calib, calib_count) if calibrated and not _cache_hit(calib_cache) else []
-    model = ck.load_model()
+    ck = source_model(bundle, o.checkpoint)
+    if o.calib_cache is not None and not _cache_hit(o.calib_cache):
+        check_not_inside(Path(o.calib_cache), bundle.path)  # written: never into the bundle being changed
+    job = Job(bundle, variant, o, ck.load_model(), echo,
+              calibration_images(o.calib, o.calib_count) if variant.calibrated and not _cache_hit(o.calib_cache)
+              else [], o.parity_images or default_parity_images())
     t0 = time.perf_counter()
-    parity_images = parity_images or default_parity_images()
-
-    def gate(entry: dict, staged) -> object:
-        echo(f"checking {variant.name} parity against PyTorch fp32")
-        from pixdeploy.runtime.pipeline import Pipeline
-
-        with Pipeline.open(staged.view(entry), device="cpu", variant=variant.name) as pipe:
-            result = check_parity(model, pipe, parity_images, precision=variant.precision, steps=steps)
-            if extra_checks is not None:
-                result.checks += extra_checks(pipe)
-        return result
-
-    with adding_variant(bundle, variant.name, force=force, echo=echo) as (staged, entry):
+    with adding_variant(bundle, variant.name, force=o.force, echo=echo) as (staged, entry):
         entry.update(precision=variant.precision, target=variant.target, method=variant.method,
                      graphs={g: {"file": staged.entry_file(f"{g}.onnx")} for g in GRAPHS})
-        if variant.name == "int8-cpu":
-            cache = calibrate(bundle, images, Path(calib_cache) if calib_cache else None, echo)
-            result = choose_cpu_scheme(bundle, staged, entry, cache, gate, measure or measure_cpu_schemes,
-                                       parity_images, echo, model)
-            seconds = time.perf_counter() - t0
-        else:
-            detail = make_graphs(bundle, variant, model, staged.dir, images, calib_cache, echo)
-            if detail:
-                entry["calibration"] = detail
-            seconds = time.perf_counter() - t0
-            result = gate(entry, staged)
+        result = MAKERS[variant.make](job, staged, entry)
         (staged.dir / "parity.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
         if not result:
             names = ", ".join(f"{c.name}={c.value:.3g}" for c in result.failures)
             raise ParityError(f"{variant.name} failed its parity gate ({names}); bundle {bundle.path} left as it was")
         entry.update(parity={"passed": True, "checks": {c.name: c.value for c in result.checks}},
-                     seconds=round(seconds, 1))
+                     seconds=round(job.seconds or time.perf_counter() - t0, 1))
     return Bundle(bundle.path), result
+
+
+@dataclass
+class Job:
+    """One quantize run: what every maker needs, and the gate they all pass through."""
+
+    bundle: Bundle
+    variant: Variant
+    options: QuantizeOptions
+    model: object  # the PyTorch fp32 model: the gate's reference, and the source of fp16 and fused graphs
+    echo: Callable
+    images: list  # calibration images (none when the calibration cache holds the ranges)
+    parity_images: list
+    seconds: float | None = None  # the making, without the gate (set by the maker)
+
+    def gate(self, entry: dict, staged) -> object:
+        """The staged variant (as ``entry`` describes it) against PyTorch fp32, with its precision's limits."""
+        from pixdeploy.runtime.pipeline import Pipeline
+
+        self.echo(f"checking {self.variant.name} parity against PyTorch fp32")
+        with Pipeline.open(staged.view(entry), device="cpu", variant=self.variant.name) as pipe:
+            result = check_parity(self.model, pipe, self.parity_images, precision=self.variant.precision,
+                                  steps=self.options.steps)
+            if self.options.extra_checks is not None:
+                result.checks += self.options.extra_checks(pipe)
+        return result
+
+
+def _make_then_gate(job: Job, staged, entry: dict):
+    """fp16 and int8-tensorrt: one pair of graphs, then the gate."""
+    start = time.perf_counter()
+    detail = make_graphs(job.bundle, job.variant, job.model, staged.dir, job.images, job.options.calib_cache,
+                         job.echo)
+    if detail:
+        entry["calibration"] = detail
+    job.seconds = time.perf_counter() - start
+    return job.gate(entry, staged)
+
+
+def _measure_then_gate(job: Job, staged, entry: dict):
+    """int8-cpu: every candidate scheme made and timed here; the fastest that passes the gate is kept."""
+    start = time.perf_counter()
+    cache = calibrate(job.bundle, job.images, Path(job.options.calib_cache) if job.options.calib_cache else None,
+                      job.echo)
+    result = choose_cpu_scheme(job.bundle, staged, entry, cache, job.gate, job.options.measure or measure_cpu_schemes,
+                               job.parity_images, job.echo, job.model)
+    job.seconds = time.perf_counter() - start
+    return result
+
+
+MAKERS = {"half": _make_then_gate, "tensorrt-qdq": _make_then_gate, "cpu-schemes": _measure_then_gate}
 
 
 def choose_cpu_scheme(bundle: Bundle, staged, entry: dict, cache: CalibrationCache, gate, measure, images: list,

@@ -136,6 +136,11 @@ def embed(bundle, images, out, backend, allow_host_code, plugins, inference_prec
     with warnings_as_lines(), Pipeline.load(bundle, backend=backend, device=device, variant=variant,
                                             **backend_options(backend, allow_host_code, plugins,
                                                               inference_precision)) as pipe:
+        from pixdeploy.machine import check_memory
+
+        # every image is embedded in one batch: refused before any is read when they cannot fit together
+        check_memory(len(paths) * pipe.cfg.inference_bytes_per_image(), f"embedding {len(paths)} images",
+                     "embed fewer images at a time")
         vectors = pipe.embed(paths)
     with staged_file(out, echo=say) as tmp:
         if out.suffix == ".npy":

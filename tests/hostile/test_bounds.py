@@ -140,3 +140,18 @@ def test_bench_refuses_batches_past_the_memory_this_machine_has(tiny_bundle, tmp
     result = run("bench", tiny_bundle, "--stage", "encoder", "--batch", batches, "--iters", "5", "--warmup", "1")
     one_error_line(result, 1, r"--batch 65536.* would need about [\d.]+ GiB of memory \(estimated before "
                    r"allocating\); this machine has [\d.]+ GiB available: lower --batch")
+
+
+def test_embed_refuses_more_images_than_fit_in_memory_before_reading_any(tiny_bundle, photo, tmp_path):
+    """As many copies of one image as the code's own estimate says cannot fit in the memory available now."""
+    from pixdeploy.config import ModelConfig
+    from pixdeploy.machine import available_memory
+
+    image = tmp_path / "p.jpg"
+    photo.resize((64, 48)).save(image)
+    cfg = ModelConfig.from_dict(json.loads((tiny_bundle / "manifest.json").read_text())["config"])
+    count = available_memory() // cfg.inference_bytes_per_image() + 1
+    result = run("embed", tiny_bundle, *[image] * count, "-o", tmp_path / "v.npy")
+    one_error_line(result, 1, rf"embedding {count} images would need about [\d.]+ GiB of memory \(estimated before "
+                   r"allocating\); this machine has [\d.]+ GiB available: embed fewer images at a time")
+    assert not (tmp_path / "v.npy").exists()

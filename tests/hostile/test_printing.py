@@ -67,6 +67,10 @@ COMMANDS = {
     # error paths: the path is named in the one error line
     "generate, image missing": lambda r, d, c: ["generate", r / "bundle", r / "nope.png"],
     "train, out not empty": lambda r, d, c: ["train", "--data", d, "--out", r, *QUICK_TRAIN],
+    "build-engine, no bundle": lambda r, d, c: ["build-engine", r / "nope"],
+    "serve, no bundle": lambda r, d, c: ["serve", r / "nope"],
+    "demo, not a demo folder": lambda r, d, c: ["demo", "--workdir", r, "--force"],
+    "bench, no bundle": lambda r, d, c: ["bench", r / "nope"],
 }
 
 

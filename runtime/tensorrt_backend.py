@@ -60,6 +60,7 @@ def open_engines(bundle, variant: str, device: str, keep: frozenset, *, allow_ho
     _, cc = current_gpu()
     chosen = select_engine_set(bundle, variant, tensorrt=trt.__version__, compute_capability=cc,
                                allow_version_compatible=allow_host_code)
+    bundle.engine_headers(chosen)  # every engine checked against the bundle and its set before a plan is read
     if chosen.plugins and not plugins:
         raise EngineError(f"engine set {chosen.name} of {bundle.path} was built with plugin libraries "
                           f"({printable(', '.join(chosen.plugins))}); pass them: Pipeline.load(..., "

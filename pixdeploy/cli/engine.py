@@ -7,7 +7,7 @@ import re
 
 import click
 
-from pixdeploy.cli.app import PathArg, echo_line, main, printable
+from pixdeploy.cli.app import PathArg, echo_line, main, say
 from pixdeploy.errors import PixdeployError
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -64,7 +64,7 @@ def build_engine(bundle, variant, max_batch, workspace, timing_cache, version_co
     except NoTensorRT as e:
         _verdict_instead(bundle, variant, max_batch)
         raise PixdeployError(f"no engine was built for {bundle}: {e}") from None
-    click.echo(f"engines: {printable(folder)}")
+    say(f"engines: {folder}")
 
 
 class Refused(PixdeployError):
@@ -84,7 +84,7 @@ def _verdict_instead(bundle, variant, max_batch) -> None:
         if not said:
             echo_line("no engine can be built here; NVIDIA's parser and builder on the CPU say:", err=True)
             said.append(True)
-        click.echo(line)
+        say(line)
 
     try:
         _check(bundle, variant, max_batch, (), None, echo)
@@ -95,7 +95,7 @@ def _verdict_instead(bundle, variant, max_batch) -> None:
             raise
 
 
-def _check(bundle, variant, max_batch, compute_capabilities, json_out, echo=click.echo) -> None:
+def _check(bundle, variant, max_batch, compute_capabilities, json_out, echo=say) -> None:
     """NVIDIA's verdict per graph; exit 1 when any graph is refused."""
     from pixdeploy.export.nvidia_check import COMPUTE_CAPABILITIES, check_bundle, parse_compute_capability
     from pixdeploy.files import check_not_inside, staged_file

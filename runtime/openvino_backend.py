@@ -71,6 +71,23 @@ def port_name(port, declared: frozenset) -> str:
     return names.pop() if len(names) == 1 else port.get_any_name()
 
 
+def compile_graph(path, precision: str, core, prepare=None) -> tuple:
+    """(the graph at ``path`` inlined and compiled for the CPU at ``precision``, the (input, output) names it
+    declares). ``prepare(model, declared)`` may change the read model first. Errors are one line naming ``path``."""
+    try:
+        graph, *declared = _inlined(path)
+        model = core.read_model(graph)
+        if prepare is not None:
+            prepare(model, declared)
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+                                                     "PERFORMANCE_HINT": "LATENCY"})
+    except PixdeployError:
+        raise
+    except Exception as e:  # OpenVINO raises RuntimeError for graphs it cannot convert
+        raise PixdeployError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:300]}") from None
+    return compiled, tuple(declared)
+
+
 def cpu_has_bf16(core) -> bool:
     """OpenVINO's own view: the CPU plugin lists BF16 among its capabilities only where it is native."""
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -95,18 +112,8 @@ class OpenVinoRunner(Runner):
 
     @classmethod
     def open(cls, path, precision: str = "fp32", keep=frozenset(), core=None) -> OpenVinoRunner:
-        ov = _openvino()
-        core = core or ov.Core()
-        try:
-            graph, *declared = _inlined(path)
-            model = core.read_model(graph)
-            compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
-                                                         "PERFORMANCE_HINT": "LATENCY"})
-        except PixdeployError:
-            raise
-        except Exception as e:  # OpenVINO raises RuntimeError for graphs it cannot convert
-            raise PixdeployError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:300]}") from None
-        return cls(compiled, keep, precision, tuple(declared))
+        compiled, declared = compile_graph(path, precision, core or _openvino().Core())
+        return cls(compiled, keep, precision, declared)
 
     def infer_impl(self, feed: dict) -> dict:
         # Inputs are read in place (the call is synchronous and never writes them); outputs are copied out of the
@@ -149,13 +156,10 @@ class StatefulDecoder(Runner):
 
     @classmethod
     def open(cls, path, signature: dict, pairs: list, precision: str, core) -> StatefulDecoder:
-        ov = _openvino()
-        from openvino import opset13 as ops
-        from openvino._offline_transformations import apply_make_stateful_transformation
+        def stateful(model, declared):
+            from openvino import opset13 as ops
+            from openvino._offline_transformations import apply_make_stateful_transformation
 
-        try:
-            graph, *declared = _inlined(path)
-            model = core.read_model(graph)
             check_signature(_Ports(model, declared), signature, f"{path} (decoder)")
             apply_make_stateful_transformation(model, {p.past: p.present for p in pairs})
             # Each variable starts as zeros of the cache's shape, its batch that of this call's embeds.
@@ -168,13 +172,8 @@ class StatefulDecoder(Runner):
                     zero = ops.constant(np.array(0, op.get_output_element_type(0).to_dtype()))
                     op.set_arguments([ops.broadcast(zero, ops.concat([batch, *dims], 0))])
             model.validate_nodes_and_infer_types()
-            compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
-                                                         "PERFORMANCE_HINT": "LATENCY"})
-        except PixdeployError:
-            raise
-        except Exception as e:  # OpenVINO raises RuntimeError for graphs it cannot convert
-            raise PixdeployError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:300]}") from None
-        del ov
+
+        compiled, _ = compile_graph(path, precision, core, prepare=stateful)
         return cls(compiled, signature, pairs, precision)
 
     def infer_impl(self, feed: dict) -> dict:

@@ -95,24 +95,36 @@ def engine_set_writer():
 TENSORRT_TARGETS = ("tensorrt-10.3", "tensorrt-10.15")
 
 
+def decisive(state: dict) -> dict:
+    """A model state whose output head scores four word tokens far apart, as a trained model's answers are
+    decisive: quantization noise then does not flip greedy answers that hinge on near-ties (which differ between
+    CPUs)."""
+    import torch
+
+    head = torch.zeros_like(state["head.weight"])
+    keep = [2, 10, 20, 30]
+    head[keep] = state["head.weight"][keep] * 50
+    return {**state, "head.weight": head}
+
+
+@pytest.fixture(scope="session")
+def decisive_state():
+    return decisive
+
+
 @pytest.fixture(scope="session")
 def tensorrt_bundles(tiny_checkpoint, tmp_path_factory):
     """Both TensorRT export targets, each with every TensorRT-bound variant (fp32, fp16, int8-tensorrt), made by
     the real export and quantize (so each variant passed its parity gate on onnxruntime). The model answers
     decisively (its head scores four word tokens far apart, like a trained model's), so int8's greedy answers
     do not hinge on near-ties that differ between CPUs."""
-    import torch
     from pixdeploy.export.bundle import export_bundle
     from pixdeploy.export.quantize import quantize_bundle
 
     from pixdeploy.checkpoint import Checkpoint, save_checkpoint
 
     ck = Checkpoint(tiny_checkpoint)
-    state = ck.model_state()
-    head = torch.zeros_like(state["head.weight"])
-    keep = [2, 10, 20, 30]
-    head[keep] = state["head.weight"][keep] * 50
-    state["head.weight"] = head
+    state = decisive(ck.model_state())
     root = tmp_path_factory.mktemp("tensorrt-bundles")
     save_checkpoint(root / "ckpt", state, ck.config, ck.tokenizer, step=0)
     quiet = lambda *_: None  # noqa: E731

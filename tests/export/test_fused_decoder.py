@@ -19,7 +19,7 @@ from pixdeploy.errors import PixdeployError
 
 
 @pytest.fixture(scope="module")
-def head32(tmp_path_factory):
+def head32(tmp_path_factory, decisive_state):
     """A tiny model with head size 32 (3 heads of dim 96; one KV head: grouped-query), decisive like a trained
     model (its head scores four word tokens far apart), as a checkpoint and a bundle."""
     from pixdeploy.export.bundle import export_bundle
@@ -32,12 +32,7 @@ def head32(tmp_path_factory):
     cfg = preset("tiny").replace(text_vocab=tok.vocab_size, n_heads=3, n_kv_heads=1)
     torch.manual_seed(1)
     model = PixTokenLM(cfg).eval()
-    state = model.state_dict()
-    head = torch.zeros_like(state["head.weight"])
-    keep = [2, 10, 20, 30]
-    head[keep] = state["head.weight"][keep] * 50
-    state["head.weight"] = head
-    model.load_state_dict(state)
+    model.load_state_dict(decisive_state(model.state_dict()))
     root = tmp_path_factory.mktemp("head32")
     save_checkpoint(root / "ckpt", model.state_dict(), cfg, tok, step=0)
     export_bundle(root / "ckpt", root / "bundle", echo=lambda *_: None)

@@ -19,7 +19,8 @@ PLAN = hashlib.sha256(b"pixdeploy").digest() * 1000  # stands in for TensorRT's 
 
 def header(**over):
     base = {"tensorrt": "10.3.0.30", "gpu": "Orin", "compute_capability": "8.7", "graph": "decoder",
-            "variant": "fp32", "precision": "fp32", "profiles": [{"name": "prefill", "shapes": {}}],
+            "variant": "fp32", "precision": "fp32",
+            "profiles": [{"name": "prefill", "shapes": {"embeds": [[1, 2, 96], [1, 19, 96], [4, 64, 96]]}}],
             "source_sha256": "ab" * 32, "producer": "pixdeploy 0.1.0"}
     return base | over
 

@@ -26,6 +26,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -154,8 +155,11 @@ def _compute_capabilities(given) -> list[tuple[int, int]]:
 def run_child(jobs: list[dict], compute_capabilities, max_batch: int, echo) -> Report:
     request = {"jobs": jobs, "compute_capabilities": _compute_capabilities(compute_capabilities)}
     env = {**os.environ, "POLYGRAPHY_USE_TENSORRT_RTX": "1"}
+    # The child's own messages go to a file, not a pipe: a pipe nobody reads while the verdicts are read could
+    # fill and stop the child.
+    stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
     child = subprocess.Popen([sys.executable, "-m", "pixdeploy.export.nvidia_check"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     verdicts, version = [], "?"
     try:
         child.stdin.write(json.dumps(request))
@@ -170,12 +174,14 @@ def run_child(jobs: list[dict], compute_capabilities, max_batch: int, echo) -> R
             verdict = Verdict(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
             echo(verdict.line())
             verdicts.append(verdict)
-        err = child.stderr.read()
         code = child.wait()
+        stderr.seek(0)
+        err = stderr.read()
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+        stderr.close()
     if code != 0 or len(verdicts) != len(request["jobs"]):
         last = next((ln for ln in reversed(err.strip().splitlines()) if ln.strip()), f"exit status {code}")
         raise PixdeployError(f"NVIDIA's parser and builder stopped before judging every graph: {printable(last)}")

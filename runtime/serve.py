@@ -147,6 +147,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+# How long `TritonServer.stop` waits for Triton to unload its models after SIGTERM before it kills the server's
+# process group: with the exit timeout passed to tritonserver, the bound on how long a stopping `serve` takes.
+STOP_SECONDS = 30.0
+
 class TritonServer:
     """One `tritonserver` process on a model repository; a context manager that always stops it.
 
@@ -217,7 +221,7 @@ class TritonServer:
             time.sleep(0.25)
         raise PixdeployError(f"Triton server on {self.repository} not ready after {timeout:.0f} s")
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
         """SIGTERM (Triton unloads its models and stops their stub processes), SIGKILL if it hangs."""
         p = self.process
         if p is not None and p.poll() is None:

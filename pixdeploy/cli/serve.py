@@ -77,12 +77,12 @@ def serve(bundle, host, port, grpc_port, repository, instances, max_batch, timeo
         signal.signal(signal.SIGTERM, _interrupt)
         with TritonServer(repo, host=host, http_port=port, grpc_port=grpc_port, log=sys.stderr) as server:
             echo(f"starting Triton on {repo}")
-            server.wait_ready(timeout)
-            say(f"ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}")
-            say(f"  POST http://{server.http_url}/v2/models/pixdeploy_generate/infer   (one answer)")
-            say(f"  gRPC {server.grpc_url}, bidirectional stream to model pixdeploy   (text as it comes)")
-            say("Ctrl-C stops the server", err=True)
-            try:
+            try:  # Ctrl-C at any moment from here (even while the lines below print) says what happens next
+                server.wait_ready(timeout)
+                say(f"ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}")
+                say(f"  POST http://{server.http_url}/v2/models/pixdeploy_generate/infer   (one answer)")
+                say(f"  gRPC {server.grpc_url}, bidirectional stream to model pixdeploy   (text as it comes)")
+                say("Ctrl-C stops the server", err=True)
                 code = server.process.wait()
             except KeyboardInterrupt:
                 echo("stopping Triton")

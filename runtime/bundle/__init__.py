@@ -1,0 +1,60 @@
+"""The bundle format, one package: its layout and safe paths (`layout`), its typed records (`records`), its one
+reader (`reader.Bundle`), its one writer (`writer`: `write_new_manifest`, `adding_variant`, `add_engine_set`), the
+rule that picks an engine set (`select`) and the format-1 upgrade (`upgrade`). No other module reads or writes
+``manifest.json``; every name here imports from ``pixdeploy.runtime.bundle`` as before.
+
+    bundle/
+        manifest.json          format + version, producer, model config, special ids, variants, engine sets,
+                               and the sha256 of every other file
+        image_encoder.onnx     uint8 images + sizes -> window embeddings (pixdeploy:: custom ops inside)
+        decoder.onnx           embeddings + positions + KV cache -> last logits + new cache
+        text_embeddings.npy    the word-embedding table, looked up in numpy
+        tokenizer.json
+        parity.json            what the export measured against PyTorch
+        variants/NAME-ID/      more precisions of the same graphs (fp16, int8-tensorrt, int8-cpu)
+        engines/GPU-trtVERSION-VARIANT/
+                               TensorRT engines of one variant for one GPU model and TensorRT version
+
+The manifest (format version 2):
+- ``variants`` maps every variant, ``fp32`` included, to its precision, target, graphs and parity record;
+- ``graphs`` holds the signatures every variant shares (names, dtypes, symbolic dims); the decoder's
+  entry records its KV-cache pairs (``cache``: past input, present output, dtype, shape), which every
+  consumer reads from there instead of re-deriving names;
+- ``engines`` maps an engine folder to what it was built for (`EngineSet`), and `select_engine_set` is
+  the one rule that picks a set for a variant, a TensorRT version and a GPU;
+- ``files`` holds the sha256 of every file. A bundle is untrusted: every path it names must resolve
+  inside it with no symlink on the way, and a file is read only through `Bundle.checked`, which
+  compares its checksum first.
+
+Bundles of format version 1 (no explicit fp32 variant, no cache pairs, engine folders without the
+variant) are read by `upgrade.upgrade_v1`; their engine sets are not used (rebuild them).
+"""
+
+from pixdeploy.runtime.bundle.layout import (  # noqa: F401
+    DECODER_FORMS,
+    DEFAULT_VARIANT,
+    ENGINES_DIR,
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPHS,
+    MAX_MANIFEST_BYTES,
+    READABLE_VERSIONS,
+    VARIANT_MARKER,
+    VARIANTS_DIR,
+    BundleError,
+    inside,
+    real_dir,
+)
+from pixdeploy.runtime.bundle.reader import Bundle  # noqa: F401
+from pixdeploy.runtime.bundle.records import CachePair, EngineSet, engine_set_name  # noqa: F401
+from pixdeploy.runtime.bundle.select import select_engine_set  # noqa: F401
+from pixdeploy.runtime.bundle.writer import (  # noqa: F401
+    StagedVariant,
+    add_engine_set,
+    adding_variant,
+    file_entries,
+    is_bundle_dir,
+    mark_variant_folder,
+    sweep_variants,
+    write_new_manifest,
+)

@@ -11,20 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
-from pixdeploy.cli import main
-
-QUICK = ["--steps", "2", "--batch-size", "2", "--workers", "0", "--warmup", "1", "--vocab-size", "32",
-         "--eval-percent", "0"]
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+from hostile_cli import QUICK, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pixdeploy.export.engine import build_settings, derive_profiles
 from pixdeploy.export.profiles import get_profile
+from pixdeploy.runtime.backends import check_graphs_load
 from pixdeploy.runtime.bundle import GRAPHS, Bundle
 
 from pixdeploy.errors import PixdeployError
@@ -131,6 +132,8 @@ def check_bundle(bundle_path, variants: list[str] | None = None, *, max_batch: i
         raise PixdeployError(INSTALL_RTX)
     bundle = Bundle(bundle_path)
     variants = variants or tensorrt_variants(bundle)
+    for variant in variants:  # the verification build-engine runs first: graphs that load, with their signatures
+        check_graphs_load(bundle, variant)
     jobs = jobs_for(bundle, variants, max_batch)  # refuses what is not for TensorRT before any line is printed
     ccs = _compute_capabilities(compute_capabilities)
     echo(printable(f"{bundle_path}: NVIDIA's ONNX parser and TensorRT builder (TensorRT for RTX, on the CPU), "

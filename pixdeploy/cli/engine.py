@@ -98,11 +98,12 @@ def _verdict_instead(bundle, variant, max_batch) -> None:
 def _check(bundle, variant, max_batch, compute_capabilities, json_out, echo=say) -> None:
     """NVIDIA's verdict per graph; exit 1 when any graph is refused."""
     from pixdeploy.export.nvidia_check import COMPUTE_CAPABILITIES, check_bundle, parse_compute_capability
-    from pixdeploy.files import check_not_inside, staged_file
+    from pixdeploy.files import check_file_target, check_not_inside, staged_file
 
     ccs = [parse_compute_capability(c) for c in compute_capabilities] or COMPUTE_CAPABILITIES
-    if json_out is not None:
+    if json_out is not None:  # refused before the long part: a path inside the bundle, a folder, no parent
         check_not_inside(json_out, bundle)
+        check_file_target(json_out)
     report = check_bundle(bundle, [variant] if variant else None, max_batch=max_batch, compute_capabilities=ccs,
                           echo=echo)
     if json_out is not None:

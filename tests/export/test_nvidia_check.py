@@ -246,3 +246,14 @@ def test_build_engine_without_a_gpu_shows_nvidias_verdict_then_says_why_nothing_
     assert "int8-tensorrt  decoder        parsed, built" in result.output
     assert lines[-1].startswith(f"error: no engine was built for {bundle}: TensorRT is not installed")
     assert not (bundle / "engines").exists()
+
+
+def test_check_refuses_a_verdict_file_it_cannot_or_must_not_write_before_any_work(tensorrt_bundles, tmp_path):
+    bundle = tensorrt_bundles["tensorrt-10.3"]
+    (tmp_path / "d.json").mkdir()
+    for target, message in ((bundle / "verdict.json", "lies inside"), (tmp_path / "d.json", "is a directory"),
+                            (tmp_path / "no" / "v.json", "does not exist")):
+        result = CliRunner().invoke(main, ["build-engine", str(bundle), "--check", "--json", str(target)])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "NVIDIA's ONNX parser" not in result.output  # refused before the parse and build
+    assert not (bundle / "verdict.json").exists()

@@ -119,6 +119,9 @@ COMMANDS: dict[str, dict] = {
         "bundle": lambda v, g: ["build-engine", v],
         "int": lambda v, g: ["build-engine", g.bundle, "--max-batch", v],
     },
+    "build-engine --check": {
+        "bundle": lambda v, g: ["build-engine", v, "--check"],
+    },
     "bench": {
         "bundle": lambda v, g: ["bench", v, "--stage", "encoder", "--batch", "1", "--iters", "5", "--warmup", "1"],
         "int": lambda v, g: ["bench", g.bundle, "--stage", "encoder", "--batch", v],

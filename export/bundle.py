@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,17 @@ from pixdeploy.export.onnx_export import IR_VERSION, OPSET, export_graph, graph_
 from pixdeploy.export.ops import DOMAIN
 from pixdeploy.export.parity import ParityError, check_parity, default_parity_images
 from pixdeploy.export.profiles import DEFAULT_PROFILE, get_profile
-from pixdeploy.runtime.bundle import Bundle, is_bundle_dir, write_new_manifest
+from pixdeploy.runtime.bundle import (
+    EMBEDDINGS,
+    PARITY_REPORT,
+    TOKENIZER,
+    Bundle,
+    commit_manifest,
+    is_bundle_dir,
+    new_manifest,
+    with_parity,
+    write_new_manifest,
+)
 from pixdeploy.runtime.pipeline import Pipeline
 
 from pixdeploy import __version__
@@ -27,12 +36,14 @@ from pixdeploy.errors import PixdeployError
 from pixdeploy.files import check_not_inside, check_replaceable, locked_dir, staged_dir, writing
 
 
+PRODUCER = f"pixdeploy {__version__}"
+
+
 def write_manifest(path: Path, cfg, extra: dict) -> None:
-    """The manifest of the bundle being written in ``path`` (the format module writes it)."""
-    recorded = {"precision": "fp32", "onnx": {"opset": OPSET, "ir_version": IR_VERSION, "custom_domain": DOMAIN},
-                **extra}
-    write_new_manifest(path, cfg, {s.name: s.to_dict() for s in graph_specs(cfg)}, recorded,
-                       producer=f"pixdeploy {__version__}")
+    """A fresh manifest for the bundle files in ``path`` (the format module writes it); ``extra``: what the
+    exporter records (source, export profile, onnx; ``parity``: the fp32 variant's parity record)."""
+    recorded = {"onnx": {"opset": OPSET, "ir_version": IR_VERSION, "custom_domain": DOMAIN}, **extra}
+    write_new_manifest(path, cfg, {s.name: s.to_dict() for s in graph_specs(cfg)}, recorded, producer=PRODUCER)
 
 
 def check_fits_tensorrt(proto, graph: str, profile) -> None:
@@ -67,29 +78,34 @@ def export_bundle(checkpoint, out, images: list | None = None, force: bool = Fal
 
 
 def _export_into(out: Path, ck, model, cfg, profile, target: str, images, force: bool, echo):
+    """Write the graphs and tables, gate them through the runtime on a manifest held in memory, then write the
+    manifest once, with the parity record, and move the bundle into place. Every file is hashed once."""
     with staged_dir(out, replace=force, what="pixdeploy bundle", is_replaceable=is_bundle_dir, echo=echo) as tmp:
         for spec in graph_specs(cfg):
             echo(f"exporting {spec.name}.onnx" + (f" for {profile.name}" if target != DEFAULT_PROFILE else ""))
             proto = export_graph(model, spec, tmp / f"{spec.name}.onnx", profile)
             check_fits_tensorrt(proto, spec.name, profile)
-        np.save(tmp / "text_embeddings.npy", model.tok_emb.weight.detach().float().numpy(), allow_pickle=False)
-        ck.tokenizer.save(tmp / "tokenizer.json")
+        np.save(tmp / EMBEDDINGS, model.tok_emb.weight.detach().float().numpy(), allow_pickle=False)
+        ck.tokenizer.save(tmp / TOKENIZER)
         # Absolute: the path the user typed may be relative to a folder a later command does not run from (a
         # relative path in an older bundle is read relative to the bundle: Bundle.source_checkpoint).
         source = {"checkpoint": os.path.abspath(ck.path), "checkpoint_step": ck.step}
-        # The profile's opset and IR version replace the defaults write_manifest records.
         recorded = {"source": source, "export_profile": profile.to_dict(),
                     "onnx": {"opset": profile.opset, "ir_version": profile.ir_version, "custom_domain": DOMAIN}}
-        write_manifest(tmp, cfg, recorded)
+        manifest, hashed = new_manifest(tmp, cfg, {s.name: s.to_dict() for s in graph_specs(cfg)}, recorded,
+                                        PRODUCER)
 
         echo("checking parity against PyTorch")
-        pipeline = Pipeline.load(tmp, device="cpu")
-        result = check_parity(model, pipeline, images or default_parity_images())
-        (tmp / "parity.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+        with Pipeline.open(Bundle.from_manifest(tmp, manifest, hashed=hashed), device="cpu") as pipeline:
+            result = check_parity(model, pipeline, images or default_parity_images())
+        report = json.dumps(result.to_dict(), indent=2)
         if not result:
-            report = out.parent / f"{out.name}.parity-failed.json"
-            shutil.copy(tmp / "parity.json", report)
+            failed = out.parent / f"{out.name}.parity-failed.json"
+            failed.write_text(report, encoding="utf-8")
             names = ", ".join(f"{c.name}={c.value:.3g}" for c in result.failures)
-            raise ParityError(f"parity gate failed ({names}); no bundle written; details in {report}")
-        write_manifest(tmp, cfg, {**recorded, "parity": {"passed": True, "precision": result.precision}})
-    return Bundle(out), result
+            raise ParityError(f"parity gate failed ({names}); no bundle written; details in {failed}")
+        (tmp / PARITY_REPORT).write_text(report, encoding="utf-8")
+        manifest = with_parity(tmp, manifest, result.record())
+        commit_manifest(tmp, manifest)
+        hashed = {name: entry["sha256"] for name, entry in manifest["files"].items()}
+    return Bundle.from_manifest(out, manifest, hashed=hashed), result

@@ -96,7 +96,7 @@ def available() -> bool:
 
 def tensorrt_variants(bundle: Bundle) -> list[str]:
     """The variants meant for TensorRT: all but those made for onnxruntime on a CPU."""
-    return [name for name, entry in bundle.variants.items() if entry.get("target") != "cpu"]
+    return [name for name, entry in bundle.variants.items() if entry.target != "cpu"]
 
 
 def parse_compute_capability(text: str) -> tuple[int, int]:

@@ -6,64 +6,21 @@ kept in one table per precision. The result is truthy on pass and lists every fa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import numpy as np
 import torch
 
 from pixdeploy.errors import PixdeployError
-from pixdeploy.parity_limits import THRESHOLDS, answer_match, compare  # noqa: F401 -- re-exported
+from pixdeploy.parity_limits import THRESHOLDS, Check, ParityResult, answer_match, compare  # noqa: F401
 
 
 class ParityError(PixdeployError):
     """A bundle failed its parity gate."""
 
 
-@dataclass
-class Check:
-    name: str
-    value: float
-    threshold: float
-    higher_is_better: bool
-
-    @property
-    def passed(self) -> bool:
-        ok = self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
-        return bool(ok) and bool(np.isfinite(self.value))
-
-
-@dataclass
-class ParityResult:
-    precision: str
-    images: int
-    steps: int
-    checks: list[Check] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    @property
-    def failures(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
-
-    def to_dict(self) -> dict:
-        return {"precision": self.precision, "images": self.images, "decode_steps": self.steps,
-                "passed": bool(self), "checks": [{**asdict(c), "passed": c.passed} for c in self.checks],
-                "stats": self.stats}
-
-    def table(self) -> str:
-        rows = [f"{'check':<20}{'value':>14}{'limit':>14}  result"]
-        for c in self.checks:
-            rel = ">=" if c.higher_is_better else "<="
-            rows.append(f"{c.name:<20}{c.value:>14.3g}{rel:>4}{c.threshold:>10.3g}  {'pass' if c.passed else 'FAIL'}")
-        return "\n".join(rows)
-
-
 @torch.no_grad()
 def check_parity(model, pipeline, images: list, precision: str = "fp32", steps: int = 32) -> ParityResult:
     """Compare a loaded bundle (``pipeline``) with the PyTorch ``model`` on ``images`` (files or Pillow)."""
-    from pixdeploy.generation import generate, prefill
+    from pixdeploy.generation import Sampling, generate, prefill
 
     if precision not in THRESHOLDS:
         raise PixdeployError(f"no parity thresholds for precision {precision!r}")
@@ -88,7 +45,7 @@ def check_parity(model, pipeline, images: list, precision: str = "fp32", steps: 
     # was trained on, sit in near-ties that any rounding flips; they are still counted, for the record,
     # in greedy_token_agreement.
     ref = torch.stack(list(generate(model, tokens, torch.from_numpy(rgb), torch.from_numpy(sizes),
-                                    max_new_tokens=steps, stop=None)), 1).numpy()
+                                    Sampling(max_new_tokens=steps, stop=None))), 1).numpy()
     got = np.stack(list(pipeline.decode_steps(got_embed, ids, max_new_tokens=steps, stop=None)), 1)
     match = answer_match(got, ref)
 

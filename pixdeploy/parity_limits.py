@@ -1,7 +1,10 @@
-"""The parity limits per precision and the comparisons they apply to (numpy only: the torch-free runtime gates
-OpenVINO bf16 against onnxruntime fp32 with them; `pixdeploy.export.parity` gates bundles against PyTorch)."""
+"""The parity limits per precision, the comparisons they apply to, and the result of a gate with the one record
+every bundle variant keeps of it (numpy only: the torch-free runtime gates OpenVINO bf16 against onnxruntime fp32
+with them; `pixdeploy.export.parity` gates bundles against PyTorch)."""
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -35,3 +38,50 @@ def answer_match(got: np.ndarray, ref: np.ndarray) -> float:
 
     lengths = [int(np.argmax(r == EOS_ID)) + 1 if (r == EOS_ID).any() else len(r) for r in ref]
     return float(np.mean([np.array_equal(g[:n], r[:n]) for g, r, n in zip(got, ref, lengths)]))
+
+
+@dataclass
+class Check:
+    name: str
+    value: float
+    threshold: float
+    higher_is_better: bool
+
+    @property
+    def passed(self) -> bool:
+        ok = self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+        return bool(ok) and bool(np.isfinite(self.value))
+
+
+@dataclass
+class ParityResult:
+    precision: str
+    images: int
+    steps: int
+    checks: list[Check] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict:
+        return {"precision": self.precision, "images": self.images, "decode_steps": self.steps,
+                "passed": bool(self), "checks": [{**asdict(c), "passed": c.passed} for c in self.checks],
+                "stats": self.stats}
+
+    def record(self):
+        """The bundle's record of this result (`ParityRecord`: precision, passed, every check's value)."""
+        from pixdeploy.runtime.bundle.records import ParityRecord
+
+        return ParityRecord(self.precision, bool(self), tuple((c.name, float(c.value)) for c in self.checks))
+
+    def table(self) -> str:
+        rows = [f"{'check':<20}{'value':>14}{'limit':>14}  result"]
+        for c in self.checks:
+            rel = ">=" if c.higher_is_better else "<="
+            rows.append(f"{c.name:<20}{c.value:>14.3g}{rel:>4}{c.threshold:>10.3g}  {'pass' if c.passed else 'FAIL'}")
+        return "\n".join(rows)

@@ -25,6 +25,7 @@ from pixdeploy.config import EOS_ID, IMAGE_SLOT
 from pixdeploy.errors import ContextLimitWarning, CpuClassWarning, PixdeployError
 from pixdeploy.folding import prepare_batch
 from pixdeploy.sequence import collect_until_stop, image_prompt
+from pixdeploy.text import printable
 
 
 def warn_cpu_class(bundle: Bundle, variant: str) -> None:
@@ -33,11 +34,11 @@ def warn_cpu_class(bundle: Bundle, variant: str) -> None:
 
     record = bundle.cpu_scheme(variant)
     here = cpu_class()
-    if record is not None and record["isa"] != here:
-        warnings.warn(CpuClassWarning(
-            f"variant {variant} of {bundle.path} uses the int8 scheme {record['scheme']}, measured fastest on a "
-            f"{record['isa']} CPU; this CPU is {here}: it runs, maybe slower than another scheme would "
-            f"(re-run `pixdeploy quantize --precision int8 --target cpu --force` here)"), stacklevel=3)
+    if record is not None and record.isa != here:
+        warnings.warn(CpuClassWarning(printable(
+            f"variant {variant} of {bundle.path} uses the int8 scheme {record.scheme}, measured fastest on a "
+            f"{record.isa} CPU; this CPU is {here}: it runs, maybe slower than another scheme would "
+            f"(re-run `pixdeploy quantize --precision int8 --target cpu --force` here)")), stacklevel=3)
 
 
 class Pipeline:

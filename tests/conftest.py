@@ -78,7 +78,7 @@ def write_test_engine_set(bundle_path, *, gpu: str, tensorrt: str, cc: str, vari
     for g in GRAPHS:
         profiles = derive_profiles(g, b.graphs[g], b.config, max_batch)
         header = {"tensorrt": tensorrt, "gpu": gpu, "compute_capability": cc, "graph": g, "variant": variant,
-                  "precision": b.variant(variant)["precision"], "profiles": [p.to_dict() for p in profiles],
+                  "precision": b.variant(variant).precision, "profiles": [p.to_dict() for p in profiles],
                   "max_batch": max_batch, "source_sha256": sha256(b.graph_path(g, variant)), "producer": "test",
                   "version_compatible": version_compatible, "plugins": list(plugins), "plugin_layers": []}
         write_engine(folder / f"{g}.engine", header, f"plan of {g} {variant} for {gpu} {tensorrt}".encode())

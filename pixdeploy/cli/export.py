@@ -48,7 +48,7 @@ def parity(bundle, checkpoint, parity_images, steps, variant):
         raise PixdeployError(f"checkpoint {checkpoint} is not the model of bundle {bundle} (configs differ); "
                              "give the checkpoint the bundle was exported from")
     model = ck.load_model()
-    result = check_parity(model, pipe, images, precision=pipe.bundle.variant(variant)["precision"], steps=steps)
+    result = check_parity(model, pipe, images, precision=pipe.bundle.variant(variant).precision, steps=steps)
     say_lines(result.table())
     if not result:
         raise PixdeployError("parity failed: " + ", ".join(c.name for c in result.failures))

@@ -31,8 +31,9 @@ def describe_custom_ops(path: Path) -> list[str]:
             for (domain, op), count in custom.items()]
 
 
-def tensor_type(v) -> str:
-    return f"{v.get('dtype', '?')}{v.get('shape', '?')}" if isinstance(v, dict) else "?"
+def tensor_type(t) -> str:
+    """``float32['batch', 64]``: a recorded tensor's dtype and shape, as the manifest writes them."""
+    return printable(f"{t.dtype}{list(t.shape)}")
 
 
 def load_graphs(bundle) -> str:
@@ -54,7 +55,6 @@ def inspect(bundle):
     graphs_loaded = load_graphs(b)  # ...and the graphs load, before a line of the report is printed
     for engine_set in b.engine_sets():  # ...and every engine's header matches the bundle, as triton checks it
         b.engine_headers(engine_set)
-    parity = b.parity_record()
     from pixdeploy.export.profiles import get_profile  # plain data: no onnx, no torch
 
     profile = get_profile(b.export_target)
@@ -65,55 +65,47 @@ def inspect(bundle):
         f"text vocab {cfg.text_vocab}, context {cfg.max_seq_len}")
     say(f"onnx: {b.onnx_info}")
     say(f"export target: {profile.name} ({profile.suits})")
-    for name, g in b.graphs.items():
-        size = b.graph_path(name).stat().st_size
-        say(f"  {b.variant()['graphs'][name]['file']} ({size / 1e6:.1f} MB): "
-            f"{g.get('purpose', '?')}")
+    for name, g in b.signatures.items():
+        path = b.graph_path(name)
+        say(f"  {printable(b.variant().graphs[name])} ({path.stat().st_size / 1e6:.1f} MB): "
+            f"{printable(g.purpose or '?')}")
         cache = {n for p in b.cache_pairs() for n in (p.past, p.present)} if name == "decoder" else set()
         for kind in ("inputs", "outputs"):
-            tensors = g.get(kind) if isinstance(g.get(kind), dict) else {}
+            tensors = getattr(g, kind)
             kv = [k for k in tensors if k in cache]
-            sig = [f"{k} {tensor_type(v)}" for k, v in tensors.items() if k not in cache]
+            sig = [f"{printable(k)} {tensor_type(v)}" for k, v in tensors.items() if k not in cache]
             if kv:
                 sig.append(f"{len(kv)} KV-cache tensors {tensor_type(tensors[kv[0]])}")
             say(f"    {kind}: {', '.join(sig)}")
-        for line in describe_custom_ops(b.graph_path(name)):
+        for line in describe_custom_ops(path):
             say(f"    {line}")
     say(graphs_loaded)
     for engine_set in b.engine_sets():  # TensorRT engines built into the bundle, if any
         say(f"engines/{engine_set.describe()}")
     if b.format_version == 1:
         say("bundle format 1: engines built for it are not used; rebuild them with `pixdeploy build-engine`")
-    if parity:
-        say(f"parity ({parity['precision']}): {'passed' if parity['passed'] else 'FAILED'}")
-        for name, value in parity["checks"]:
-            say(f"    {name}: {value:.3g}")
-    for line in describe_variants(b, parity):
+    parity = b.parity()
+    if parity is not None:
+        say(f"parity ({printable(parity.precision or 'fp32')}): {'passed' if parity.passed else 'FAILED'}")
+        for check, value in parity.checks:
+            say(f"    {printable(check)}: {value:.3g}")
+    for line in describe_variants(b):
         say(line)
 
 
-def _figure(value) -> str:
-    """A parity figure from the manifest (untrusted: anything but a number is shown as '?')."""
-    if value is None:
-        return "-"
-    return f"{value:.6g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
-
-
-def describe_variants(b, fp32_parity: dict | None) -> list[str]:
+def describe_variants(b) -> list[str]:
     """The variants side by side: precision, target, size, and what their parity gate measured."""
     variants = b.variants
     if len(variants) == 1:
         return []
-    checks = sorted({k for v in variants.values() for k in ((v.get("parity") or {}).get("checks") or {})})
-    rows = [["variant", "precision", "target", "MB", *map(printable, checks)]]
+    measured = {name: dict(p.checks) if (p := b.parity(name)) is not None else {} for name in variants}
+    checks = sorted({k for m in measured.values() for k in m})
+    rows = [["variant", "precision", "target", "MB", *checks]]
     for name, v in variants.items():
-        size = sum(b.graph_path(g, name).stat().st_size for g in v["graphs"]) / 1e6
-        measured = (v.get("parity") or {}).get("checks") or {}
-        if name == "fp32" and not measured and fp32_parity:  # fp32 records its checks in parity.json
-            measured = dict(fp32_parity["checks"])
-        rows.append([printable(str(x)) for x in (name, v.get("precision", "?"), v.get("target", "?"))]
-                    + [f"{size:.1f}",
-                       *(_figure(measured.get(k)) for k in checks)])
+        size = sum(b.graph_path(g, name).stat().st_size for g in v.graphs) / 1e6
+        rows.append([name, v.precision, v.target, f"{size:.1f}",
+                     *(f"{measured[name][k]:.6g}" if k in measured[name] else "-" for k in checks)])
+    rows = [[printable(str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["variants:"] + ["    " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     for name in variants:
@@ -130,16 +122,17 @@ def describe_cpu_scheme(b, name: str) -> list[str]:
     if record is None:
         return []
     here = cpu_class()
-    lines = [f"{printable(name)}: int8 scheme {record['scheme']}, measured fastest on CPU class {record['isa']} "
-             + ("(this CPU's too)" if record["isa"] == here else f"(this CPU is {here}: measured elsewhere)")
+    lines = [f"{printable(name)}: int8 scheme {printable(record.scheme)}, measured fastest on CPU class "
+             f"{printable(record.isa)} "
+             + ("(this CPU's too)" if record.isa == here else f"(this CPU is {here}: measured elsewhere)")
              + "; ratios to fp32 (p50/p90/p99):"]
-    for scheme, r in record["ratios_vs_fp32"].items():
+    for scheme, r in record.ratios_vs_fp32.items():
         stages = "; ".join(f"{st.replace('_', ' ')} " + "/".join(_ratio(r.get(st, {}).get(q))
                                                                  for q in ("p50", "p90", "p99"))
                            for st in ("encoder", "decoder_step"))
-        why = record["rejected_by_parity"].get(scheme)
-        mark = "  <- kept" if scheme == record["scheme"] else (f"  failed parity ({why})" if why else "")
-        lines.append(f"    {scheme}: {stages}{mark}")
+        why = record.rejected_by_parity.get(scheme)
+        mark = "  <- kept" if scheme == record.scheme else (f"  failed parity ({why})" if why else "")
+        lines.append(printable(f"    {scheme}: {stages}{mark}"))
     return lines
 
 

@@ -33,12 +33,16 @@ variant) are read by `upgrade.upgrade_v1`; their engine sets are not used (rebui
 from pixdeploy.runtime.bundle.layout import (  # noqa: F401
     DECODER_FORMS,
     DEFAULT_VARIANT,
+    EMBEDDINGS,
     ENGINES_DIR,
     FORMAT,
     FORMAT_VERSION,
     GRAPHS,
+    MANIFEST,
     MAX_MANIFEST_BYTES,
+    PARITY_REPORT,
     READABLE_VERSIONS,
+    TOKENIZER,
     VARIANT_MARKER,
     VARIANTS_DIR,
     BundleError,
@@ -46,15 +50,31 @@ from pixdeploy.runtime.bundle.layout import (  # noqa: F401
     real_dir,
 )
 from pixdeploy.runtime.bundle.reader import Bundle  # noqa: F401
-from pixdeploy.runtime.bundle.records import CachePair, EngineSet, engine_set_name  # noqa: F401
+from pixdeploy.runtime.bundle.records import (  # noqa: F401
+    CachePair,
+    CalibrationRecord,
+    CpuSchemeRecord,
+    EngineSet,
+    FileEntry,
+    GraphSignature,
+    ParityRecord,
+    RecordError,
+    SourceRecord,
+    TensorSpec,
+    VariantRecord,
+    engine_set_name,
+)
 from pixdeploy.runtime.bundle.select import select_engine_set  # noqa: F401
 from pixdeploy.runtime.bundle.writer import (  # noqa: F401
     StagedVariant,
     add_engine_set,
     adding_variant,
+    commit_manifest,
     file_entries,
     is_bundle_dir,
     mark_variant_folder,
+    new_manifest,
     sweep_variants,
+    with_parity,
     write_new_manifest,
 )

@@ -20,6 +20,10 @@ GRAPHS = ("image_encoder", "decoder")
 # How a variant's decoder graph is written, when not the plain form every backend runs (manifest: a variant's
 # "decoder_form"): "fused-gqa-v1", onnxruntime's fused CPU operators (`pixdeploy.runtime.fused_decoder`).
 DECODER_FORMS = ("fused-gqa-v1",)
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+EMBEDDINGS = "text_embeddings.npy"  # the word-embedding table, looked up in numpy
+PARITY_REPORT = "parity.json"  # the exporter's full parity report; every variant's manifest entry holds its record
 VARIANTS_DIR = "variants"
 ENGINES_DIR = "engines"
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; a larger one is not ours

@@ -1,4 +1,4 @@
-"""The one reader of a bundle: `Bundle`, which verifies everything it hands out."""
+"""The one reader of a bundle: `Bundle`, which verifies what it hands out and hands it out as typed records."""
 
 from __future__ import annotations
 
@@ -10,17 +10,32 @@ import numpy as np
 from pixdeploy.runtime.bundle.layout import (
     DECODER_FORMS,
     DEFAULT_VARIANT,
+    EMBEDDINGS,
     ENGINES_DIR,
     EXTERNAL_DATA_MARK,
     FORMAT,
     GRAPHS,
+    MANIFEST,
+    PARITY_REPORT,
     READABLE_VERSIONS,
+    TOKENIZER,
     BundleError,
     external_tensors,
     inside,
     read_json,
 )
-from pixdeploy.runtime.bundle.records import CachePair, EngineSet
+from pixdeploy.runtime.bundle.records import (
+    CachePair,
+    CpuSchemeRecord,
+    EngineSet,
+    FileEntry,
+    GraphSignature,
+    ParityRecord,
+    RecordError,
+    SourceRecord,
+    VariantRecord,
+)
+from pixdeploy.runtime.bundle.signatures import check_cache_pairs, read_signatures
 from pixdeploy.runtime.bundle.upgrade import upgrade_v1
 
 from pixdeploy.config import ModelConfig
@@ -29,19 +44,37 @@ from pixdeploy.files import sha256
 from pixdeploy.text import printable
 from pixdeploy.tokenizer import Tokenizer
 
-# ---- reading ----
 
 class Bundle:
     """A bundle on disk. Constructing one runs `verify`: the one verification every reader uses
-    (`Pipeline.load`, `inspect`, export's own check), so a bundle one command refuses no other accepts."""
+    (`Pipeline.load`, `inspect`, export's own check), so a bundle one command refuses no other accepts.
+    A variant's graphs are hashed when first used, so a command hashes only the variant it runs."""
 
     def __init__(self, path, verify: bool = True):
-        self.path = Path(path)
-        manifest = inside(self.path, "manifest.json")
+        path = Path(path)
+        manifest = inside(path, MANIFEST)
         if not manifest.is_file():
-            kind = "not a folder" if self.path.exists() and not self.path.is_dir() else "manifest.json missing"
-            raise BundleError(f"no bundle at {self.path} ({kind})")
-        m = read_json(manifest, "manifest.json", self.path)
+            kind = "not a folder" if path.exists() and not path.is_dir() else f"{MANIFEST} missing"
+            raise BundleError(f"no bundle at {path} ({kind})")
+        self._load(path, read_json(manifest, MANIFEST, path), verify)
+
+    @classmethod
+    def from_manifest(cls, path, manifest: dict, *, verify: bool = True, hashed: dict | None = None) -> Bundle:
+        """The bundle in ``path`` as ``manifest`` (in memory, not yet written) describes it: what an exporter or
+        a quantizer gates before it commits. ``hashed``: name -> sha256 of files the caller has just hashed
+        itself, taken as checked when the manifest records the same digest."""
+        bundle = cls.__new__(cls)
+        bundle._load(Path(path), manifest, verify=False)
+        for name, digest in (hashed or {}).items():
+            entry = bundle.files.get(name)
+            if isinstance(entry, dict) and entry.get("sha256") == digest:
+                bundle._checked.add(name)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def _load(self, path: Path, m, verify: bool) -> None:
+        self.path = path
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise BundleError(f"{self.path} is not a pixdeploy bundle")
         version = m.get("format_version")
@@ -52,31 +85,45 @@ class Bundle:
         self.manifest = upgrade_v1(m) if version == 1 else m
         self.format_version = version
         self._checked: set = set()  # file names hashed, and ("external", graph) checked for external data
-        self._embeddings = None
+        self._embeddings = self._tokenizer = self._variants = None
         try:
             self.config = ModelConfig.from_dict(self._field("config", dict))
         except (KeyError, TypeError, ValueError, PixdeployError) as e:
             raise BundleError(f"damaged bundle {self.path}: config: {printable(str(e))}") from None
-        self.graphs = self._field("graphs", dict)
-        self._tokenizer = None
+        self.graphs = self._field("graphs", dict)  # graph -> signature, the manifest form (what runners check)
+        self._signatures = None
         if verify:
             self.verify()
+
+    @property
+    def signatures(self) -> dict[str, GraphSignature]:
+        """graph -> its signature, checked against the config (`signatures.read_signatures`)."""
+        if self._signatures is None:
+            self._signatures = read_signatures(self.path, self.graphs, self.config)
+        return self._signatures
+
+    def _field(self, name: str, kind: type):
+        value = self.manifest.get(name)
+        if not isinstance(value, kind) or not value:
+            raise BundleError(f"damaged bundle {self.path}: {MANIFEST} has no {name!r} field"
+                              + ("" if value is None else f" of the right kind (found {type(value).__name__})"))
+        return value
+
+    def _record(self, read, value, what: str):
+        """``read(value)``, a strict record parser, with its refusal as one line naming the bundle."""
+        try:
+            return read(value)
+        except RecordError as e:
+            raise BundleError(f"damaged bundle {self.path}: {what}: {printable(str(e))}") from None
 
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
             try:
-                self._tokenizer = Tokenizer.load(self.checked("tokenizer.json"))
+                self._tokenizer = Tokenizer.load(self.checked(TOKENIZER))
             except (KeyError, TypeError, ValueError, PixdeployError) as e:
-                raise BundleError(f"damaged bundle {self.path}: tokenizer.json: {printable(str(e))}") from None
+                raise BundleError(f"damaged bundle {self.path}: {TOKENIZER}: {printable(str(e))}") from None
         return self._tokenizer
-
-    def _field(self, name: str, kind: type):
-        value = self.manifest.get(name)
-        if not isinstance(value, kind) or not value:
-            raise BundleError(f"damaged bundle {self.path}: manifest.json has no {name!r} field"
-                              + ("" if value is None else f" of the right kind (found {type(value).__name__})"))
-        return value
 
     @property
     def producer(self) -> str:
@@ -89,7 +136,7 @@ class Bundle:
         recorded = self.manifest.get("export_profile") or {}
         name = recorded.get("name", "onnxruntime") if isinstance(recorded, dict) else None
         if not isinstance(name, str):
-            raise BundleError(f"damaged bundle {self.path}: manifest.json export_profile is malformed")
+            raise BundleError(f"damaged bundle {self.path}: {MANIFEST} export_profile is malformed")
         return name
 
     @property
@@ -97,9 +144,9 @@ class Bundle:
         """The checkpoint the bundle was exported from (a path on the machine that exported it). A relative path
         is relative to the bundle's folder, never to the current folder: a command run from elsewhere finds the
         same checkpoint, not a same-named one where it runs."""
-        source = self.manifest.get("source")
-        checkpoint = source.get("checkpoint") if isinstance(source, dict) else None
-        if not isinstance(checkpoint, str) or not checkpoint or "\x00" in checkpoint:
+        try:
+            checkpoint = SourceRecord.from_dict(self.manifest.get("source")).checkpoint
+        except RecordError:
             return None
         return checkpoint if os.path.isabs(checkpoint) else os.path.normpath(self.path / checkpoint)
 
@@ -134,94 +181,67 @@ class Bundle:
             self._checked.add(name)
         return path
 
+    def hashed_files(self) -> dict[str, str]:
+        """name -> sha256 of every file this Bundle has checked so far (for `from_manifest`)."""
+        return {n: self.files[n]["sha256"] for n in self._checked if isinstance(n, str)}
+
     def verify(self) -> None:
-        """Everything a bundle must be before anything runs: manifest fields present, every listed file
-        inside the bundle and matching its checksum (engine plans excepted: they are checked when a set is
-        selected, as they can be large), every variant's graphs among the listed files, the decoder's cache
-        pairs among its inputs and outputs, the graphs' signatures those the config implies, a tokenizer that
-        loads and an embeddings table of the configured shape. Raises one BundleError naming what is wrong."""
-        for name in self.files:
+        """Everything a bundle must be before anything runs: manifest fields present and of their records' shapes,
+        every listed file inside the bundle, the shared files (tokenizer, tables, reports) matching their
+        checksums, every variant's graphs among the listed files (hashed when the variant is first used:
+        `graph_path`), the decoder's cache pairs among its inputs and outputs, the graphs' signatures those the
+        config implies, a tokenizer that loads and an embeddings table of the configured shape. Engine plans are
+        checked when a set is selected, as they can be large. Raises one BundleError naming what is wrong."""
+        for name, entry in self.files.items():
             inside(self.path, name)  # every path refused before any is opened
-        for name in self.files:
-            if not name.startswith(f"{ENGINES_DIR}/"):
-                self.checked(name)
-        for name in ("tokenizer.json", "text_embeddings.npy"):
+            self._record(FileEntry.from_dict, entry, f"{MANIFEST} files")
+        for name in (TOKENIZER, EMBEDDINGS):
             if name not in self.files:
                 raise BundleError(f"damaged bundle {self.path}: manifest lists no {name}")
-        self._check_signatures()
-        self.tokenizer  # noqa: B018 -- loads and checks it
-        for variant in self.variants:
+        self.signatures  # noqa: B018 -- reads and checks them
+        graph_files = set()
+        for name, variant in self.variants.items():
             for graph in GRAPHS:
-                self.graph_path(graph, variant)
+                if graph not in variant.graphs:
+                    raise BundleError(f"damaged bundle {self.path}: variant {printable(name)} lists no graph {graph!r}")
+                self._listed(variant.graphs[graph], f"variant {printable(name)} graph {graph}")
+                graph_files.add(variant.graphs[graph])
+            self.decoder_form(name)
+        for name in self.files:
+            if not name.startswith(f"{ENGINES_DIR}/") and name not in graph_files and not self._in_variant(name):
+                self.checked(name)
+        self.tokenizer  # noqa: B018 -- loads and checks it
         self.cache_pairs()
         self.engine_sets()
         self._embeddings = self.text_embeddings()  # read once: Pipeline takes the verified table
 
-    def _check_signatures(self) -> None:
-        """The recorded signatures must be the ones this config gives: a manifest whose config was edited
-        away from its graphs is refused here, not when a shape mismatch surfaces mid-run."""
-        cfg = self.config
-        S, W, C = cfg.image_size, cfg.n_windows, cfg.dim
-        expect = {
-            ("image_encoder", "inputs", "images"): ["images", S, S, 3],
-            ("image_encoder", "inputs", "sizes"): ["images", 2],
-            ("image_encoder", "outputs", "window_embeddings"): ["images", W, C],
-            ("decoder", "inputs", "embeds"): ["batch", "tokens", C],
-            ("decoder", "outputs", "logits"): ["batch", cfg.vocab_out],
-        }
-        self._check_tensor_records(cfg)
-        for (graph, io, tensor), shape in expect.items():
-            entry = self.graphs.get(graph)
-            got = entry.get(io, {}).get(tensor) if isinstance(entry, dict) and isinstance(entry.get(io), dict) else None
-            recorded = got.get("shape") if isinstance(got, dict) else got
-            if recorded != shape:
-                raise BundleError(f"damaged bundle {self.path}: manifest config does not match graph {graph}'s "
-                                  f"{tensor} (recorded {printable(repr(recorded))}, config gives {shape})")
+    def _in_variant(self, name: str) -> bool:
+        """A file inside a variant's own folder (its graphs' external data): hashed with the variant."""
+        folders = {Path(f).parent.as_posix() for v in self.variants.values() for f in v.graphs.values()}
+        return Path(name).parent.as_posix() in folders - {"."}
 
-    def _check_tensor_records(self, cfg) -> None:
-        """Every recorded tensor of every graph: a dtype the runtimes know and a shape of at most 8 dims, each
-        a symbol or an integer no larger than the config's largest size (a shape of 10**15 is no model's), so
-        nothing is sized from a record before the record is known to be sane."""
-        from pixdeploy.runtime.runner import NP_TYPES
-
-        bound = max(cfg.max_seq_len, cfg.image_size, cfg.dim, cfg.vocab_out, cfg.mlp_hidden, cfg.n_windows, 3)
-        for graph in GRAPHS:
-            entry = self.graphs.get(graph)
-            if not isinstance(entry, dict):
-                raise BundleError(f"damaged bundle {self.path}: manifest.json records no graph {graph}")
-            for io in ("inputs", "outputs"):
-                tensors = entry.get(io)
-                if not isinstance(tensors, dict) or not tensors:
-                    raise BundleError(f"damaged bundle {self.path}: graph {graph} records no {io}")
-                for name, t in tensors.items():
-                    where = f"damaged bundle {self.path}: graph {graph}'s {io[:-1]} {printable(repr(name))}"
-                    if not isinstance(t, dict) or not isinstance(t.get("dtype"), str) or t["dtype"] not in NP_TYPES:
-                        dtype = t.get("dtype") if isinstance(t, dict) else None
-                        raise BundleError(f"{where} has dtype {printable(repr(dtype))[:60]}, not one of "
-                                          f"{', '.join(NP_TYPES)}")
-                    shape = t.get("shape")
-                    if not isinstance(shape, list) or len(shape) > 8 or not all(
-                            (isinstance(d, str) and d.isidentifier() and len(d) <= 32)
-                            or (isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= bound) for d in shape):
-                        raise BundleError(f"{where} has shape {printable(repr(shape))[:80]}, not dims of at most "
-                                          f"{bound} (the config's largest size) or symbols")
+    def _listed(self, name: str, what: str) -> Path:
+        path = inside(self.path, name)
+        if not isinstance(self.files.get(name), dict):
+            raise BundleError(f"damaged bundle {self.path}: {what} is {printable(str(name))}, which is not among "
+                              "the checksummed files")
+        return path
 
     # -- variants --
 
     @property
-    def variants(self) -> dict[str, dict]:
-        """Every variant: name -> {precision, target, graphs, parity}; fp32 first."""
-        listed = self._field("variants", dict)
-        if not isinstance(listed.get(DEFAULT_VARIANT), dict):
-            raise BundleError(f"damaged bundle {self.path}: manifest.json lists no fp32 variant")
-        out = {DEFAULT_VARIANT: listed[DEFAULT_VARIANT]}
-        for k, v in listed.items():
-            if not isinstance(v, dict):
-                raise BundleError(f"damaged bundle {self.path}: variant {printable(repr(k))} is malformed")
-            out.setdefault(k, v)
-        return out
+    def variants(self) -> dict[str, VariantRecord]:
+        """Every variant, fp32 first."""
+        if self._variants is None:
+            listed = self._field("variants", dict)
+            if not isinstance(listed.get(DEFAULT_VARIANT), dict):
+                raise BundleError(f"damaged bundle {self.path}: {MANIFEST} lists no fp32 variant")
+            order = [DEFAULT_VARIANT] + [k for k in listed if k != DEFAULT_VARIANT]
+            self._variants = {k: self._record(lambda v, k=k: VariantRecord.from_dict(v, f"variant {k}"), listed[k],
+                                              f"variant {printable(repr(k))} is malformed") for k in order}
+        return self._variants
 
-    def variant(self, name: str = DEFAULT_VARIANT) -> dict:
+    def variant(self, name: str = DEFAULT_VARIANT) -> VariantRecord:
         variants = self.variants
         if name not in variants:
             raise BundleError(f"bundle {self.path} has no variant {printable(repr(name))}; it has: "
@@ -231,12 +251,11 @@ class Bundle:
     def graph_path(self, graph: str, variant: str = DEFAULT_VARIANT) -> Path:
         """The file of ``graph`` (image_encoder, decoder) in ``variant``, checksummed: the one place that
         knows the layout."""
-        graphs = self.variant(variant).get("graphs")
-        entry = graphs.get(graph) if isinstance(graphs, dict) else None
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        file = self.variant(variant).graphs.get(graph)
+        if file is None:
             raise BundleError(f"damaged bundle {self.path}: variant {printable(variant)} lists no graph {graph!r}")
-        path = self.checked(entry["file"])
-        self._check_external_data(entry["file"], path)
+        path = self.checked(file)
+        self._check_external_data(file, path)
         return path
 
     def _check_external_data(self, name: str, path: Path) -> None:
@@ -268,76 +287,43 @@ class Bundle:
 
     def decoder_form(self, name: str = DEFAULT_VARIANT) -> str | None:
         """The form of ``name``'s decoder graph: None for the plain form, else one of `DECODER_FORMS`."""
-        form = self.variant(name).get("decoder_form")
+        form = self.variant(name).decoder_form
         if form is not None and form not in DECODER_FORMS:
             raise BundleError(f"damaged bundle {self.path}: variant {printable(name)} records decoder form "
                               f"{printable(repr(form))}; this pixdeploy knows {', '.join(DECODER_FORMS)}")
         return form
 
-    def cpu_scheme(self, name: str = DEFAULT_VARIANT) -> dict | None:
-        """What `quantize --target cpu` measured and chose for ``name``: {scheme, isa, ratios_vs_fp32 (scheme ->
-        stage -> p50/p90/p99, and score), rejected_by_parity}; None for a variant without one. Untrusted text is
-        escaped and numbers that are not numbers are dropped."""
-        record = self.variant(name).get("cpu_scheme")
-        if not isinstance(record, dict):
+    def cpu_scheme(self, name: str = DEFAULT_VARIANT) -> CpuSchemeRecord | None:
+        """What `quantize --target cpu` measured and chose for ``name``; None for a variant without one."""
+        return self.variant(name).cpu_scheme
+
+    def parity(self, name: str = DEFAULT_VARIANT) -> ParityRecord | None:
+        """What ``name``'s parity gate measured: every variant's record has one shape. A bundle exported before
+        the fp32 record held its checks has them from the exporter's report."""
+        record = self.variant(name).parity
+        if name == DEFAULT_VARIANT and record is not None and not record.checks:
+            report = self.parity_report()
+            if report is not None:
+                return ParityRecord(record.precision or report.precision, record.passed, report.checks)
+        return record
+
+    def parity_report(self) -> ParityRecord | None:
+        """The exporter's parity report (parity.json: thresholds and statistics too) as a record; None if absent."""
+        if PARITY_REPORT not in self.files:
             return None
-        scheme, isa = record.get("scheme"), record.get("isa")
-        if not isinstance(scheme, str) or not isinstance(isa, str):
-            raise BundleError(f"damaged bundle {self.path}: variant {printable(name)} records a malformed cpu scheme")
-
-        def number(v):
-            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-        ratios = {}
-        raw = record.get("ratios_vs_fp32") if isinstance(record.get("ratios_vs_fp32"), dict) else {}
-        for n, r in raw.items():
-            if isinstance(r, dict):
-                ratios[printable(str(n))] = {
-                    **{st: {q: number(v) for q, v in r[st].items()} for st in ("encoder", "decoder_step")
-                       if isinstance(r.get(st), dict)}, "score": number(r.get("score"))}
-        rejected = record.get("rejected_by_parity") if isinstance(record.get("rejected_by_parity"), dict) else {}
-        return {"scheme": printable(scheme), "isa": printable(isa), "ratios_vs_fp32": ratios,
-                "rejected_by_parity": {printable(str(k)): printable(str(v)) for k, v in rejected.items()}}
+        report = read_json(self.checked(PARITY_REPORT), PARITY_REPORT, self.path)
+        try:
+            checks = {c["name"]: c["value"] for c in report["checks"]}
+            return ParityRecord.from_dict({"precision": report["precision"], "passed": report["passed"],
+                                           "checks": checks})
+        except (KeyError, TypeError, RecordError):
+            raise BundleError(f"damaged bundle {self.path}: {PARITY_REPORT} is malformed") from None
 
     # -- the decoder's KV cache --
 
     def cache_pairs(self) -> list[CachePair]:
         """The decoder's cache tensors as recorded at export: (past input, present output, dtype, shape)."""
-        dec = self.graphs.get("decoder") if isinstance(self.graphs.get("decoder"), dict) else {}
-        listed = dec.get("cache")
-        inputs, outputs = dec.get("inputs") or {}, dec.get("outputs") or {}
-        if not isinstance(listed, list) or not listed:
-            raise BundleError(f"damaged bundle {self.path}: the decoder entry records no KV-cache pairs")
-        pairs = []
-        for item in listed:
-            try:
-                pair = CachePair(str(item["past"]), str(item["present"]), str(item["dtype"]), tuple(item["shape"]))
-            except (KeyError, TypeError):
-                raise BundleError(f"damaged bundle {self.path}: a KV-cache entry of the decoder is malformed") from None
-            past, present = inputs.get(pair.past), outputs.get(pair.present)
-            if not isinstance(past, dict) or not isinstance(present, dict):
-                raise BundleError(f"damaged bundle {self.path}: KV-cache pair {printable(pair.past)} -> "
-                                  f"{printable(pair.present)} is not among the decoder's inputs and outputs")
-            # The pair is exactly the tensors it joins: one dtype, one shape (its batch the only symbol).
-            if not (past.get("dtype") == present.get("dtype") == pair.dtype
-                    and past.get("shape") == present.get("shape") == list(pair.shape)
-                    and pair.shape[:1] == ("batch",) and all(isinstance(d, int) for d in pair.shape[1:])):
-                raise BundleError(f"damaged bundle {self.path}: KV-cache pair {printable(pair.past)} -> "
-                                  f"{printable(pair.present)} records {printable(pair.dtype)}"
-                                  f"{printable(list(pair.shape))}, not the dtype and shape of both tensors it joins")
-            pairs.append(pair)
-        # Every decoder input but the step's own (embeds, positions) is a past, every output but the logits a
-        # present, each in exactly one pair, and each pair joins the i-th past input with the i-th present output
-        # in the recorded order (the list itself may come in any order; the runners check the recorded order
-        # against the graph itself): a pair that feeds one layer's cache to another is refused.
-        pasts = [n for n in inputs if n not in ("embeds", "input_pos")]
-        presents = [n for n in outputs if n != "logits"]
-        got = [(p.past, p.present) for p in pairs]
-        if len(set(got)) != len(got) or set(got) != set(zip(pasts, presents)) or len(pasts) != len(presents):
-            raise BundleError(f"damaged bundle {self.path}: the decoder's KV-cache pairs "
-                              f"{printable(got[:4])[:160]} do not pair its cache inputs with its cache outputs in "
-                              "the graph's order")
-        return pairs
+        return check_cache_pairs(self.path, self.graphs.get("decoder"), self.signatures["decoder"])
 
     # -- engine sets --
 
@@ -346,26 +332,12 @@ class Bundle:
         and among the checksummed files (hashed when the set is used)."""
         raw = self.manifest.get("engines") or {}
         if not isinstance(raw, dict):
-            raise BundleError(f"damaged bundle {self.path}: manifest.json engines is malformed")
+            raise BundleError(f"damaged bundle {self.path}: {MANIFEST} engines is malformed")
         sets = []
         for name, r in raw.items():
-            try:
-                files = {str(g): str(f) for g, f in r["files"].items()}
-                s = EngineSet(str(name), str(r["variant"]), str(r["tensorrt"]), str(r["gpu"]),
-                              str(r["compute_capability"]), str(r["export_profile"]), int(r["max_batch"]),
-                              r.get("version_compatible") is True, tuple(str(p) for p in r.get("plugins") or ()),
-                              files)
-                from pixdeploy.runtime.engine_header import MAX_ENGINE_BATCH
-
-                if isinstance(r["max_batch"], bool) or not isinstance(r["max_batch"], int) \
-                        or not 1 <= s.max_batch <= MAX_ENGINE_BATCH:
-                    raise ValueError("max_batch")
-                if any(not p or "/" in p or "\\" in p or not p.isprintable() for p in s.plugins):
-                    raise ValueError("plugins")  # file names of libraries, never paths
-            except (KeyError, TypeError, ValueError, AttributeError):
-                raise BundleError(f"damaged bundle {self.path}: engine set {printable(repr(name))} is malformed") \
-                    from None
-            for f in files.values():
+            s = self._record(lambda r, name=name: EngineSet.from_dict(name, r), r,
+                             f"engine set {printable(repr(name))} is malformed")
+            for f in s.files.values():
                 inside(self.path, f)
                 if not f.startswith(f"{ENGINES_DIR}/{name}/") or f not in self.files:
                     raise BundleError(f"damaged bundle {self.path}: engine set {printable(name)} names "
@@ -374,115 +346,23 @@ class Bundle:
         return sets
 
     def engine_headers(self, engine_set: EngineSet) -> dict[str, dict]:
-        """graph -> header of each engine of a set (its file checksummed, its header read once to the strict schema
-        of `engine_header`), checked against this bundle and the set's record: the graph and variant it is for,
-        the variant's precision, the TensorRT, GPU and compute capability the set records, the sha256 of the
-        graph it was built from, and profiles over exactly the graph's inputs (their ranks and fixed dims, batch
-        dims within the set's max batch, other dims within the context). The one check of an engine before
-        anything uses it (triton, inspect)."""
-        from pixdeploy.runtime.engine_header import read_header
+        """graph -> header of each engine of a set, checked against this bundle (`engine_check.engine_headers`)."""
+        from pixdeploy.runtime.bundle.engine_check import engine_headers
 
-        variant = self.variant(engine_set.variant)
-        headers = {}
-        for graph, path in self.engine_files(engine_set).items():
-            header = read_header(path)
-            graph_file = variant["graphs"][graph]["file"]
-            self.graph_path(graph, engine_set.variant)  # checksummed: the recorded sha256 is the file's
-            expected = {"graph": graph, "variant": engine_set.variant, "tensorrt": engine_set.tensorrt,
-                        "gpu": engine_set.gpu, "compute_capability": engine_set.compute_capability,
-                        "precision": variant.get("precision"),
-                        "version_compatible": engine_set.version_compatible,
-                        "max_batch": engine_set.max_batch,
-                        "source_sha256": self.files[graph_file]["sha256"]}
-            problems = [f"its {k} is {header.get(k, False if k == 'version_compatible' else None)!r:.80}, "
-                        f"not {v!r:.80}" for k, v in expected.items()
-                        if header.get(k, False if k == "version_compatible" else v) != v]
-            if any(p.startswith("its source_sha256") for p in problems):
-                problems = [f"it was not built from this bundle's {graph_file} (another source sha256)"] + \
-                    [p for p in problems if not p.startswith("its source_sha256")]
-            problems += self._profile_problems(graph, header["profiles"], engine_set.max_batch)
-            if problems:
-                raise BundleError(printable(f"engine {path} does not match bundle {self.path}: "
-                                            + "; ".join(problems[:3])))
-            headers[graph] = header
-        return headers
-
-    def _profile_problems(self, graph: str, profiles: list, max_batch: int) -> list[str]:
-        inputs = self.graphs[graph].get("inputs") or {}
-        first = next(iter(inputs.values()), {}).get("shape") or [None]
-        batch_dims = {first[0]} if isinstance(first[0], str) else set()  # the batch: the first input's first dim
-        problems = []
-        for p in profiles:
-            shapes = p["shapes"]
-            if set(shapes) != set(inputs):
-                unknown, absent = sorted(set(shapes) - set(inputs)), sorted(set(inputs) - set(shapes))
-                problems.append(f"profile {p['name']} names inputs {unknown} the graph does not have"
-                                if unknown else f"profile {p['name']} leaves out the inputs {absent}")
-                continue
-            for name, t in inputs.items():
-                lo, opt, hi = shapes[name]
-                if len(hi) != len(t["shape"]):
-                    problems.append(f"profile {p['name']} gives {name} rank {len(hi)}, the graph {len(t['shape'])}")
-                    continue
-                for d, a, c in zip(t["shape"], lo, hi):
-                    bound = max_batch if d in batch_dims else self.config.max_seq_len
-                    if (isinstance(d, int) and not a == c == d) or (isinstance(d, str) and not 1 <= a <= c <= bound):
-                        problems.append(f"profile {p['name']} gives {name} dims {lo}..{hi}, outside the graph's "
-                                        f"{t['shape']} (batch at most {max_batch})")
-                        break
-        return problems
+        return engine_headers(self, engine_set)
 
     def engine_files(self, engine_set: EngineSet) -> dict[str, Path]:
         """graph -> engine file of a set, each checksummed."""
-        missing = [g for g in GRAPHS if g not in engine_set.files]
-        if missing:
-            raise BundleError(f"damaged bundle {self.path}: engine set {engine_set.name} has no {', '.join(missing)}")
-        return {g: self.checked(engine_set.files[g]) for g in GRAPHS}
+        from pixdeploy.runtime.bundle.engine_check import engine_files
+
+        return engine_files(self, engine_set)
 
     # -- tables --
 
     def text_embeddings(self) -> np.ndarray:
-        if self._embeddings is not None:
-            return self._embeddings
-        path = self.checked("text_embeddings.npy")
-        want = (self.config.text_vocab, self.config.dim)
-        try:  # the header first: the shape and dtype it declares are checked before numpy allocates anything
-            with open(path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, fortran, dtype = read(f)
-                data_bytes = os.fstat(f.fileno()).st_size - f.tell()
-        except (OSError, ValueError, EOFError) as e:
-            raise BundleError(f"damaged bundle {self.path}: text_embeddings.npy: {printable(str(e))}") from None
-        if dtype.hasobject:
-            raise BundleError(f"damaged bundle {self.path}: text_embeddings.npy: holds Python objects, which would "
-                              "need pickle")
-        if dtype != np.dtype("<f4") or tuple(shape) != want or fortran or data_bytes != 4 * want[0] * want[1]:
-            raise BundleError(f"damaged bundle {self.path}: text embeddings have shape {tuple(shape)} ({dtype}, "
-                              f"{data_bytes} bytes of data), expected {want} float32")
-        try:
-            table = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise BundleError(f"damaged bundle {self.path}: text_embeddings.npy: {printable(str(e))}") from None
-        if not isinstance(table, np.ndarray) or table.dtype != np.float32:
-            raise BundleError(f"damaged bundle {self.path}: text_embeddings.npy is not a float32 array")
-        if table.shape != (self.config.text_vocab, self.config.dim):
-            raise BundleError(f"damaged bundle {self.path}: text embeddings have shape {table.shape}, "
-                              f"expected {(self.config.text_vocab, self.config.dim)}")
-        if not np.isfinite(table).all():
-            raise BundleError(f"damaged bundle {self.path}: text_embeddings.npy holds NaN or infinite values")
-        return table
+        if self._embeddings is None:
+            from pixdeploy.runtime.bundle.tables import read_embeddings
 
-    def parity_record(self) -> dict | None:
-        """parity.json as the exporter wrote it: {precision, passed, checks: [(name, value)]}; None if absent."""
-        if "parity.json" not in self.files:
-            return None
-        parity = read_json(self.checked("parity.json"), "parity.json", self.path)
-        try:
-            checks = [(printable(str(c["name"])), c["value"]) for c in parity["checks"]]
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for _, v in checks):
-                raise ValueError("a check's value is not a finite number")
-            return {"precision": printable(str(parity["precision"])), "passed": parity["passed"] is True,
-                    "checks": [(n, float(v)) for n, v in checks]}
-        except (KeyError, TypeError, ValueError, OverflowError):
-            raise BundleError(f"damaged bundle {self.path}: parity.json is malformed") from None
+            self._embeddings = read_embeddings(self.checked(EMBEDDINGS), (self.config.text_vocab, self.config.dim),
+                                               self.path)
+        return self._embeddings

@@ -15,7 +15,8 @@ def upgrade_v1(m: dict) -> dict:
     graphs = m.get("graphs")
     variants = m.get("variants") if isinstance(m.get("variants"), dict) else {}
     if isinstance(graphs, dict):
-        variants = {DEFAULT_VARIANT: {"precision": "fp32", "target": "any", "graphs": graphs,
+        files = {g: {"file": d.get("file")} for g, d in graphs.items() if isinstance(d, dict)}
+        variants = {DEFAULT_VARIANT: {"precision": "fp32", "target": "any", "graphs": files,
                                       "parity": m.get("parity")}, **variants}
         dec = graphs.get("decoder")
         if isinstance(dec, dict) and isinstance(dec.get("inputs"), dict):

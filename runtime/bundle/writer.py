@@ -17,14 +17,16 @@ from pixdeploy.runtime.bundle.layout import (
     ENGINES_DIR,
     FORMAT,
     FORMAT_VERSION,
+    MANIFEST,
     MARKER_FORMAT,
+    PARITY_REPORT,
     VARIANT_FOLDER,
     VARIANT_MARKER,
     VARIANTS_DIR,
     real_dir,
 )
 from pixdeploy.runtime.bundle.reader import Bundle
-from pixdeploy.runtime.bundle.records import EngineSet
+from pixdeploy.runtime.bundle.records import EngineSet, FileEntry, ParityRecord, VariantRecord
 
 from pixdeploy.config import SPECIAL_TOKENS
 from pixdeploy.errors import PixdeployError
@@ -40,32 +42,60 @@ def _rewrite(path: Path, change: Callable[[dict], None], echo=None) -> None:
     manifest = copy.deepcopy(bundle.manifest)
     manifest["format_version"] = FORMAT_VERSION  # a format-1 bundle is written back as format 2
     change(manifest)
-    with staged_file(Path(path) / "manifest.json", echo=echo) as tmp:
+    with staged_file(Path(path) / MANIFEST, echo=echo) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 
-def file_entries(root: Path, folder: Path) -> dict:
-    """Checksum-table entries for every plain file under ``folder`` (paths relative to ``root``)."""
-    return {p.relative_to(root).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+def file_entries(root: Path, where: Path) -> dict:
+    """Checksum-table entries for ``where``, a plain file or every plain file under a folder (paths relative to
+    ``root``)."""
+    paths = [where] if where.is_file() else sorted(where.rglob("*"))
+    return {p.relative_to(root).as_posix(): FileEntry(sha256(p), p.stat().st_size).to_dict()
+            for p in paths if p.is_file() and not p.is_symlink()}
 
 
-def write_new_manifest(folder: Path, cfg, graphs: dict, extra: dict, producer: str) -> None:
-    """The manifest of a bundle being exported into ``folder``: the fp32 variant, the signatures (the decoder's
-    with its cache pairs) and the checksum of every file already written there."""
-    files = {k: v for k, v in file_entries(folder, folder).items() if k != "manifest.json"}
-    variants = {DEFAULT_VARIANT: {"precision": "fp32", "target": "any",
-                                  "graphs": {g: {"file": d["file"]} for g, d in graphs.items()},
-                                  "parity": extra.get("parity")}}
+def new_manifest(folder: Path, cfg, graphs: dict, recorded: dict, producer: str,
+                 parity: ParityRecord | None = None) -> tuple[dict, dict]:
+    """(manifest, hashed) of a bundle being exported into ``folder``, in memory: the fp32 variant (with its parity
+    record, once measured), the signatures (the decoder's with its cache pairs), what the exporter ``recorded``
+    (source, export profile, onnx), and the checksum of every file already written there; ``hashed``: name ->
+    sha256, for `Bundle.from_manifest`, so no file is hashed twice."""
+    files = {k: v for k, v in file_entries(folder, folder).items() if k != MANIFEST}
+    fp32 = VariantRecord("fp32", "any", {g: d["file"] for g, d in graphs.items()}, parity=parity)
     graphs = {g: {k: v for k, v in d.items() if k != "file"} for g, d in graphs.items()}  # files: per variant
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "producer": producer, "config": cfg.to_dict(),
         "special_tokens": {name: i for i, name in enumerate(SPECIAL_TOKENS)}, "graphs": graphs,
-        **extra, "variants": variants, "engines": {}, "files": files,
+        **recorded, "variants": {DEFAULT_VARIANT: fp32.to_dict()}, "engines": {}, "files": files,
     }
-    tmp = folder / "manifest.json.tmp"
+    return manifest, {k: v["sha256"] for k, v in files.items()}
+
+
+def with_parity(folder: Path, manifest: dict, parity: ParityRecord, report: str | None = PARITY_REPORT) -> dict:
+    """``manifest`` with the fp32 variant's parity record and the exporter's ``report`` file (written in
+    ``folder``) among the checksummed files."""
+    manifest = copy.deepcopy(manifest)
+    manifest["variants"][DEFAULT_VARIANT]["parity"] = parity.to_dict()
+    if report is not None:
+        manifest["files"][report] = file_entries(folder, folder / report)[report]
+    return manifest
+
+
+def commit_manifest(folder: Path, manifest: dict) -> None:
+    """Write ``manifest`` into the bundle being exported into ``folder`` (a private staging folder), in one
+    rename."""
+    tmp = folder / f"{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    os.replace(tmp, folder / "manifest.json")
+    os.replace(tmp, folder / MANIFEST)
+
+
+def write_new_manifest(folder: Path, cfg, graphs: dict, extra: dict, producer: str) -> None:
+    """A fresh manifest over the files in ``folder`` (``extra["parity"]``, when given, is the fp32 variant's
+    parity record)."""
+    extra = dict(extra)
+    parity = extra.pop("parity", None)
+    parity = None if parity is None else ParityRecord.from_dict(parity)
+    commit_manifest(folder, new_manifest(folder, cfg, graphs, extra, producer, parity)[0])
 
 
 def is_bundle_dir(path: Path) -> bool:
@@ -105,9 +135,8 @@ def sweep_variants(bundle_path: Path, echo) -> None:
     if root is None:
         return
     bundle = Bundle(bundle_path, verify=False)
-    used = {Path(g["file"]).parts[1] for v in bundle.variants.values() for g in (v.get("graphs") or {}).values()
-            if isinstance(g, dict) and isinstance(g.get("file"), str) and Path(g["file"]).parts[:1] == (VARIANTS_DIR,)
-            and len(Path(g["file"]).parts) > 2}
+    used = {Path(f).parts[1] for v in bundle.variants.values() for f in v.graphs.values()
+            if Path(f).parts[:1] == (VARIANTS_DIR,) and len(Path(f).parts) > 2}
     for p in sorted(root.iterdir()):
         if p.name in used or p.is_symlink() or not p.is_dir():
             continue
@@ -133,13 +162,16 @@ class StagedVariant:
 
     def view(self, entry: dict) -> Bundle:
         """The same bundle, unverified, with variant ``self.name`` = ``entry`` read from the staging folder."""
-        staged = Bundle(self.bundle.path, verify=False)
-        staged.manifest = copy.deepcopy(self.bundle.manifest)
+        manifest = copy.deepcopy(self.bundle.manifest)
         here = self.dir.relative_to(self.bundle.path).as_posix()
-        graphs = {g: {**d, "file": f"{here}/{Path(d['file']).name}"} for g, d in entry["graphs"].items()}
-        staged.manifest["variants"][self.name] = {**entry, "graphs": graphs}
-        staged.manifest["files"] = {**staged.manifest["files"], **file_entries(self.bundle.path, self.dir)}
-        return staged
+        record = VariantRecord.from_dict(entry, f"variant {self.name}")
+        graphs = {g: f"{here}/{Path(f).name}" for g, f in record.graphs.items()}
+        manifest["variants"][self.name] = {**record.to_dict(), "graphs": {g: {"file": f} for g, f in graphs.items()}}
+        staged = file_entries(self.bundle.path, self.dir)
+        manifest["files"] = {**manifest["files"], **staged}
+        hashed = {name: e["sha256"] for name, e in staged.items()}
+        hashed.update(self.bundle.hashed_files())
+        return Bundle.from_manifest(self.bundle.path, manifest, verify=False, hashed=hashed)
 
 
 @contextlib.contextmanager
@@ -187,10 +219,10 @@ def _switch_in(bundle_path: Path, name: str, entry: dict, folder: Path, force: b
         if old and not force:
             raise PixdeployError(f"another pixdeploy process added variant {name} to bundle {bundle_path} "
                                  "while this one ran; pass --force to replace it")
-        variants[name] = entry
+        variants[name] = VariantRecord.from_dict(entry, f"variant {name}").to_dict()  # committed as a record
         files = manifest["files"]
         if old:  # --force: the replaced variant's files leave the checksum table with it
-            old_dirs = {Path(g["file"]).parent.as_posix() for g in old.get("graphs", {}).values()}
+            old_dirs = {Path(f).parent.as_posix() for f in VariantRecord.from_dict(old).graphs.values()}
             for f in [f for f in files if Path(f).parent.as_posix() in old_dirs]:
                 files.pop(f)
         files.update(file_entries(bundle_path, folder))

@@ -144,9 +144,9 @@ def fused_variant(head32, tmp_path_factory):
 def test_quantize_keeps_a_fused_scheme_and_records_its_form(fused_variant):
     path, lines = fused_variant
     b = Bundle(path)
-    assert b.cpu_scheme("int8-cpu")["scheme"] == "fused-int4"
+    assert b.cpu_scheme("int8-cpu").scheme == "fused-int4"
     assert b.decoder_form("int8-cpu") == "fused-gqa-v1" and b.decoder_form("fp32") is None
-    assert "MatMulNBits int4" in b.variant("int8-cpu")["method"]
+    assert "MatMulNBits int4" in b.variant("int8-cpu").method
     assert any("fused-int8, fused-int4" in line for line in lines)
 
 

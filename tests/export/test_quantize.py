@@ -84,8 +84,8 @@ def test_int8_tensorrt_is_symmetric_qdq_on_the_matmuls_only(int8_bundle, photo):
     path, cache, lines = int8_bundle
     b = Bundle(path)  # verifies every checksum, the variant's included
     v = b.variant("int8-tensorrt")
-    assert v["precision"] == "int8" and v["target"] == "tensorrt" and v["parity"]["passed"]
-    assert all(f in b.manifest["files"] for f in (g["file"] for g in v["graphs"].values()))
+    assert v.precision == "int8" and v.target == "tensorrt" and v.parity.passed
+    assert all(f in b.manifest["files"] for f in v.graphs.values())
     assert json.loads((b.graph_path("decoder", "int8-tensorrt").parent / "parity.json").read_text())["passed"]
     for graph in ("image_encoder", "decoder"):
         proto = onnx.load(str(b.graph_path(graph, "int8-tensorrt")))
@@ -282,7 +282,7 @@ def test_fp16_norms_stay_finite_where_a_naive_fp16_norm_overflows(source, digit_
     _, result = quantize_bundle(tmp_path / "b", "fp16", "cpu", parity_images=images, steps=STEPS, echo=lambda *_: None)
     assert result and {c.name for c in result.checks} == {"embed_cosine_min", "logits_cosine_min", "greedy_match"}
     b = Bundle(tmp_path / "b")
-    assert b.variant("fp16")["target"] == "any"
+    assert b.variant("fp16").target == "any"
     vectors = Pipeline.load(b.path, device="cpu", variant="fp16").embed(images)
     assert np.isfinite(vectors).all() and cosine_min(vectors, Pipeline.load(b.path, device="cpu").embed(images)) > 0.999
 
@@ -357,14 +357,14 @@ def test_int8_cpu_measures_here_and_records_scheme_ratios_and_class(cpu_copy, di
                                 steps=STEPS, echo=lines.append)  # the real measurement, on this machine
     assert result
     record = Bundle(path).cpu_scheme("int8-cpu")
-    assert record["scheme"] in CPU_SCHEMES and record["isa"] == cpu_class() and record["isa"] != "other"
+    assert record.scheme in CPU_SCHEMES and record.isa == cpu_class() and record.isa != "other"
     # The fused decoders need a head size of a multiple of 16 (tiny's is 24): tests/export/test_fused_decoder.py
-    assert set(record["ratios_vs_fp32"]) == {n for n, s in CPU_SCHEMES.items() if s.fused_bits is None}
-    for r in record["ratios_vs_fp32"].values():
+    assert set(record.ratios_vs_fp32) == {n for n, s in CPU_SCHEMES.items() if s.fused_bits is None}
+    for r in record.ratios_vs_fp32.values():
         assert all(r[st][q] > 0 for st in ("encoder", "decoder_step") for q in ("p50", "p90", "p99"))
-    best = max(record["ratios_vs_fp32"], key=lambda n: record["ratios_vs_fp32"][n]["score"])
-    assert record["scheme"] == best and record["rejected_by_parity"] == {}
-    assert Bundle(path).variant("int8-cpu")["method"] == CPU_SCHEMES[best].method
+    best = max(record.ratios_vs_fp32, key=lambda n: record.ratios_vs_fp32[n]["score"])
+    assert record.scheme == best and record.rejected_by_parity == {}
+    assert Bundle(path).variant("int8-cpu").method == CPU_SCHEMES[best].method
     out = CliRunner().invoke(main, ["inspect", str(path)]).output
     assert f"int8-cpu: int8 scheme {best}, measured fastest on CPU class {cpu_class()} (this CPU's too)" in out
     assert f"    {best}: encoder " in out and "<- kept" in out
@@ -378,7 +378,7 @@ def test_a_rigged_measurement_picks_the_fastest_scheme(cpu_copy, digit_images_mo
         quantize_bundle(path, "int8", "cpu", calib_cache=cache, parity_images=digit_images_module, steps=STEPS,
                         force=True, echo=lambda *_: None, measure=measure)
         record = Bundle(path).cpu_scheme("int8-cpu")
-        assert record["scheme"] == fastest and record["ratios_vs_fp32"][fastest]["score"] == 2.5
+        assert record.scheme == fastest and record.ratios_vs_fp32[fastest]["score"] == 2.5
         assert len(measure.calls) == 1
     # The graphs kept are the scheme's: static Q/DQ has QuantizeLinear nodes, dynamic has DynamicQuantizeLinear.
     ops = {n.op_type for n in onnx.load(str(Bundle(path).graph_path("image_encoder", "int8-cpu"))).graph.node}
@@ -409,10 +409,10 @@ def test_a_scheme_failing_parity_is_not_chosen(cpu_copy, digit_images_module, mo
     quantize_bundle(path, "int8", "cpu", calib_cache=cache, parity_images=digit_images_module, steps=STEPS,
                     echo=lines.append, measure=rigged({"broken-weights": 9.0, "static-u8s8-qdq": 2.0}))
     record = Bundle(path).cpu_scheme("int8-cpu")
-    assert record["scheme"] == "static-u8s8-qdq"
-    assert "logits_cosine_min=-" in record["rejected_by_parity"]["broken-weights"]
+    assert record.scheme == "static-u8s8-qdq"
+    assert "logits_cosine_min=-" in record.rejected_by_parity["broken-weights"]
     assert any("broken-weights failed parity" in line for line in lines)
-    assert Bundle(path).variant("int8-cpu")["calibration"]["images"] > 0  # a static scheme records its calibration
+    assert Bundle(path).variant("int8-cpu").calibration.images > 0  # a static scheme records its calibration
 
 
 def test_every_scheme_failing_parity_leaves_the_bundle(cpu_copy, digit_images_module, monkeypatch):

@@ -144,7 +144,7 @@ def test_triton_runs_the_graph_signature_check_inspect_runs(bundle, tmp_path):
     enc_bytes, dec_bytes = enc.read_bytes(), dec.read_bytes()
     enc.write_bytes(dec_bytes)
     dec.write_bytes(enc_bytes)
-    extra = {k: manifest[k] for k in ("source", "parity") if k in manifest}
+    extra = {"source": manifest["source"], "parity": manifest["variants"]["fp32"]["parity"]}
     write_manifest(bundle, ModelConfig.from_dict(manifest["config"]), extra)
     refused = run("inspect", bundle)
     assert refused.exit_code == 1

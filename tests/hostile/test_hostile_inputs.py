@@ -196,7 +196,7 @@ def damaged_bundle(damage, recompute: bool = True):
         damage(b)
         if recompute:
             cfg = ModelConfig.from_dict(manifest["config"])
-            extra = {k: manifest[k] for k in ("source", "parity") if k in manifest}
+            extra = {"source": manifest["source"], "parity": manifest["variants"]["fp32"]["parity"]}
             write_manifest(b, cfg, extra)
         return b
 

@@ -430,7 +430,7 @@ def test_a_manifest_with_one_field_changed_loads_or_is_refused(bundle_copy, data
         for variant in loaded.variants:
             for graph in ("image_encoder", "decoder"):
                 assert loaded.graph_path(graph, variant).resolve().is_relative_to(b.resolve())
-        loaded.cache_pairs(), loaded.engine_sets(), loaded.parity_record(), get_profile(loaded.export_target)
+        loaded.cache_pairs(), loaded.engine_sets(), loaded.parity_report(), get_profile(loaded.export_target)
     except PixdeployError as e:
         assert str(b) in str(e) or "export target" in str(e)
     finally:
@@ -461,8 +461,8 @@ def test_a_bundle_refuses_any_parity_record(bundle_copy, doc):
     edited["files"]["parity.json"]["sha256"] = sha256(b / "parity.json")
     (b / "manifest.json").write_text(json.dumps(edited))
     try:
-        record = Bundle(b).parity_record()
-        assert isinstance(record["passed"], bool) and all(math.isfinite(v) for _, v in record["checks"])
+        record = Bundle(b).parity_report()
+        assert isinstance(record.passed, bool) and all(math.isfinite(v) for _, v in record.checks)
     except PixdeployError as e:
         assert str(b) in str(e)
     finally:

@@ -33,7 +33,7 @@ def edit(bundle: Path, change) -> None:
 
 def test_only_the_format_module_names_the_manifest():
     """Apart from the format module, code may copy or hash manifest.json as a file, never parse or write it."""
-    allowed = {"runtime/bundle/reader.py": "the owner: reads it", "runtime/bundle/writer.py": "the owner: writes it",
+    allowed = {"runtime/bundle/layout.py": "the owner: names it",
                "export/triton.py": "copies the bundle's manifest into the repository next to the loop, and hashes it",
                "runtime/bench.py": "a report names the manifest's sha256: which bundle was measured"}
     found = set()
@@ -146,7 +146,7 @@ def test_the_sweep_removes_only_folders_pixdeploy_made(tiny_bundle, tmp_path):
 def test_a_file_missing_from_the_checksum_table_is_never_read(tiny_bundle, tmp_path):
     b = copy(tiny_bundle, tmp_path / "b")
     edit(b, lambda m: m["files"].pop("parity.json"))
-    assert Bundle(b).parity_record() is None  # present on disk, unlisted: not opened
+    assert Bundle(b).parity_report() is None  # present on disk, unlisted: not opened
     with pytest.raises(BundleError, match="parity.json is not among the checksummed files"):
         Bundle(b).checked("parity.json")
     edit(b, lambda m: m["files"].pop("tokenizer.json"))
@@ -214,8 +214,8 @@ def test_a_graph_that_outputs_nan_is_refused_in_one_line_naming_it(tiny_bundle, 
     init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
     onnx.save(proto, str(b / "image_encoder.onnx"))
     m = json.loads((b / "manifest.json").read_text())
-    write_manifest(b, Bundle(b, verify=False).config, {k: m[k] for k in ("source", "parity", "export_profile")
-                                                       if k in m})
+    write_manifest(b, Bundle(b, verify=False).config, {"source": m["source"], "export_profile": m["export_profile"],
+                                                       "parity": m["variants"]["fp32"]["parity"]})
     photo.save(tmp_path / "p.png")
     for args in (["generate", str(b), str(tmp_path / "p.png")],
                  ["embed", str(b), str(tmp_path / "p.png"), "-o", str(tmp_path / "v.npy")]):
@@ -244,7 +244,7 @@ def test_external_tensor_files_must_lie_inside_the_bundle_and_be_checksummed(tin
                         e.value = location
             onnx.save_model(proto, str(b / "decoder.onnx"))
         m = json.loads((b / "manifest.json").read_text())
-        write_manifest(b, Bundle(b, verify=False).config, {k: m[k] for k in ("source", "parity") if k in m})
+        write_manifest(b, Bundle(b, verify=False).config, {"source": m["source"], "parity": m["variants"]["fp32"]["parity"]})
         return b
 
     inside_b = with_external("inside", "decoder.weights")
@@ -256,4 +256,6 @@ def test_external_tensor_files_must_lie_inside_the_bundle_and_be_checksummed(tin
     (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
     outside = with_external("outside", "../secret.bin")
     with pytest.raises(BundleError, match=r"keeps .* in \.\./secret\.bin, a path outside the bundle"):
-        Bundle(outside)
+        Bundle(outside).graph_path("decoder")  # a variant's graphs are checked when it is first used
+    with pytest.raises(BundleError, match=r"keeps .* in \.\./secret\.bin, a path outside the bundle"):
+        Pipeline.load(outside, device="cpu")

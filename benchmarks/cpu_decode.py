@@ -27,7 +27,7 @@ from pixdeploy.export.fused_decoder import build, quantize_weights, unsupported
 from pixdeploy.export.onnx_export import export_graph, graph_specs
 from pixdeploy.export.quantize import CPU_SCHEMES, make_cpu_scheme, weight_matmuls
 from pixdeploy.runtime.backends import FusedDecoderRunner, OnnxRuntimeRunner
-from pixdeploy.runtime.bundle import CachePair
+from pixdeploy.runtime.bundle import GraphSignature
 
 from benchmarks.timing import interleaved, machine, write
 from pixdeploy.config import preset
@@ -40,8 +40,8 @@ BASELINE = "plain-fp32"
 def make_paths(model, folder: Path) -> dict:
     cfg = model.cfg
     spec = graph_specs(cfg)[1]
-    signature = spec.to_dict()
-    pairs = [CachePair(c["past"], c["present"], c["dtype"], tuple(c["shape"])) for c in signature["cache"]]
+    signature = GraphSignature.from_dict(spec.to_dict())
+    pairs = list(signature.cache)
     plain = folder / "plain.onnx"
     export_graph(model, spec, plain)
     make_cpu_scheme(CPU_SCHEMES["dynamic"], plain, folder / "plain-int8.onnx",

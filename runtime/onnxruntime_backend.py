@@ -78,17 +78,17 @@ class FusedDecoderRunner(Runner):
     """A fused decoder graph (`pixdeploy.runtime.fused_decoder`: onnxruntime's CPU contrib operators, one KV buffer
     per cache tensor written in place) with the plain decoder's inputs and outputs."""
 
-    def __init__(self, session, plain_signature: dict, cache_pairs: list, cfg):
+    def __init__(self, session, plain_signature, cache_pairs: list, cfg):
         from pixdeploy.runtime.fused_decoder import fused_cache_names
 
         self.session = session
         self.inputs = declared_inputs(plain_signature)
-        self.output_names = list(plain_signature["outputs"])
+        self.output_names = list(plain_signature.outputs)
         self.pairs = list(zip(cache_pairs, fused_cache_names(cfg.n_layers)))  # (plain pair, (past, present))
         self.keep = frozenset(p.present for p in cache_pairs)
 
     @classmethod
-    def open(cls, path, plain_signature: dict, cache_pairs: list, cfg) -> FusedDecoderRunner:
+    def open(cls, path, plain_signature, cache_pairs: list, cfg) -> FusedDecoderRunner:
         from pixdeploy.runtime.fused_decoder import check_fused
 
         session = open_session(path, "cpu")

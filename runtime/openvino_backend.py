@@ -143,19 +143,19 @@ class StatefulDecoder(Runner):
     decoder's contract: a call at position 0 starts a new cache; a later call takes the `KvState` tokens its
     previous call returned. No cache crosses the API, so none is copied in or out per step."""
 
-    def __init__(self, compiled, signature: dict, pairs: list, precision: str):
+    def __init__(self, compiled, signature, pairs: list, precision: str):
         from pixdeploy.runtime.runner import declared_inputs
 
         self.compiled, self.request = compiled, compiled.create_infer_request()
         self.inputs = declared_inputs(signature)
-        self.output_names = list(signature["outputs"])
+        self.output_names = list(signature.outputs)
         self.pairs = list(pairs)
         self.keep = frozenset(p.present for p in self.pairs)
         self.epoch, self.length = 0, 0
         self.providers = [f"OpenVINO CPU {precision}, KV cache held in the model"]
 
     @classmethod
-    def open(cls, path, signature: dict, pairs: list, precision: str, core) -> StatefulDecoder:
+    def open(cls, path, signature, pairs: list, precision: str, core) -> StatefulDecoder:
         def stateful(model, declared):
             from openvino import opset13 as ops
             from openvino._offline_transformations import apply_make_stateful_transformation
@@ -229,9 +229,9 @@ def openvino_runners(bundle, variant: str, device: str, keep: frozenset, precisi
         raise PixdeployError("bf16 asked for, but this CPU has no native bf16 (AVX512_BF16 or AMX); use fp32")
     encoder = OpenVinoRunner.open(bundle.graph_path("image_encoder", variant), precision, core=core)
     try:
-        check_signature(encoder, bundle.graphs["image_encoder"], f"{bundle.graph_path('image_encoder', variant)} "
+        check_signature(encoder, bundle.signatures["image_encoder"], f"{bundle.graph_path('image_encoder', variant)} "
                         f"(image_encoder of variant {variant})")
-        decoder = StatefulDecoder.open(bundle.graph_path("decoder", variant), bundle.graphs["decoder"],
+        decoder = StatefulDecoder.open(bundle.graph_path("decoder", variant), bundle.signatures["decoder"],
                                        bundle.cache_pairs(), precision, core)
     except BaseException:
         encoder.close()

@@ -75,16 +75,16 @@ class Runner(ABC):
         self.close()
 
 
-def declared_inputs(signature: dict) -> dict:
-    """A manifest signature's inputs as `Runner.inputs` (symbolic dims stay strings: free)."""
-    return {name: (NP_TYPES[t["dtype"]], tuple(t["shape"])) for name, t in signature["inputs"].items()}
+def declared_inputs(signature) -> dict:
+    """A bundle's graph signature (`GraphSignature`) as `Runner.inputs` (symbolic dims stay strings: free)."""
+    return {name: (NP_TYPES[t.dtype], tuple(t.shape)) for name, t in signature.inputs.items()}
 
 
-def check_signature(runner: Runner, signature: dict, where: str) -> None:
+def check_signature(runner: Runner, signature, where: str) -> None:
     """A graph (or engine) must have the inputs and outputs its manifest entry records (names, dtypes, ranks,
     fixed dims): graphs swapped between entries, or a config edited away from them, are refused when loaded."""
     want_in = declared_inputs(signature)
-    want_out = {n: (NP_TYPES[t["dtype"]], tuple(t["shape"])) for n, t in signature["outputs"].items()}
+    want_out = {n: (NP_TYPES[t.dtype], tuple(t.shape)) for n, t in signature.outputs.items()}
     problems = []
     if set(runner.inputs) != set(want_in) or set(runner.output_names) != set(want_out):
         problems.append(f"has inputs {sorted(runner.inputs)} and outputs {sorted(runner.output_names)}")
@@ -94,8 +94,7 @@ def check_signature(runner: Runner, signature: dict, where: str) -> None:
             fixed = [(a, b) for a, b in zip(got_shape, shape) if isinstance(a, int) and a >= 0 and isinstance(b, int)]
             if np.dtype(got_dtype) != np.dtype(dtype) or len(got_shape) != len(shape) or any(a != b for a, b in fixed):
                 problems.append(f"input {name} is {np.dtype(got_dtype).name}{list(got_shape)}")
-    cache = signature.get("cache") if isinstance(signature.get("cache"), list) else []
-    pairs = [(c.get("past"), c.get("present")) for c in cache if isinstance(c, dict)]
+    pairs = [(c.past, c.present) for c in signature.cache]
     pasts, presents = [p for p, _ in pairs], [q for _, q in pairs]
     in_graph = list(zip([n for n in runner.inputs if n in pasts], [n for n in runner.output_names if n in presents]))
     if not problems and pairs and sorted(map(str, in_graph)) != sorted(map(str, pairs)):

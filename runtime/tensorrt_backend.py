@@ -70,7 +70,7 @@ def open_engines(bundle, variant: str, device: str, keep: frozenset, *, allow_ho
     runners = (TensorRTRunner(files["image_encoder"], allow_host_code=allow_host_code),
                TensorRTRunner(files["decoder"], allow_host_code=allow_host_code, keep=keep))
     for graph, runner in zip(("image_encoder", "decoder"), runners):
-        check_signature(runner, bundle.graphs[graph], f"{files[graph]} ({graph} of engine set {chosen.name})")
+        check_signature(runner, bundle.signatures[graph], f"{files[graph]} ({graph} of engine set {chosen.name})")
     return runners
 
 

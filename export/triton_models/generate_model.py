@@ -41,9 +41,9 @@ class BlsRunner(Runner):
     """The runtime's runner contract (feed checked against the manifest's signature), answered by another
     model of this server."""
 
-    def __init__(self, model: str, signature: dict, keep=frozenset()):
+    def __init__(self, model: str, signature, keep=frozenset()):
         self.model, self.inputs = model, declared_inputs(signature)
-        self.output_names, self.keep = list(signature["outputs"]), frozenset(keep)
+        self.output_names, self.keep = list(signature.outputs), frozenset(keep)
 
     def infer_impl(self, feed: dict) -> dict:
         inputs = [pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in feed.items()]
@@ -69,8 +69,8 @@ class BlsRunner(Runner):
 def bls_pipeline(bundle: Bundle) -> Pipeline:
     """The runtime's Pipeline over BLS calls to this repository's two graph models."""
     keep = {p.present for p in bundle.cache_pairs()}
-    return Pipeline.from_runners(bundle, BlsRunner("image_encoder", bundle.graphs["image_encoder"]),
-                                 BlsRunner("decoder", bundle.graphs["decoder"], keep))
+    return Pipeline.from_runners(bundle, BlsRunner("image_encoder", bundle.signatures["image_encoder"]),
+                                 BlsRunner("decoder", bundle.signatures["decoder"], keep))
 
 
 def load_loop_bundle(path: Path) -> Bundle:

@@ -59,7 +59,7 @@ def test_fused_fp32_answers_as_pytorch_and_writes_its_buffer_in_place(head32, tm
     model, root = head32
     bundle = Bundle(root / "bundle")
     onnx.save(build(model), str(tmp_path / "fused.onnx"))
-    fused = FusedDecoderRunner.open(tmp_path / "fused.onnx", bundle.graphs["decoder"], bundle.cache_pairs(),
+    fused = FusedDecoderRunner.open(tmp_path / "fused.onnx", bundle.signatures["decoder"], bundle.cache_pairs(),
                                     bundle.config)
     rng = np.random.default_rng(0)
     embeds = rng.standard_normal((2, 20, bundle.config.dim)).astype(np.float32)
@@ -101,7 +101,7 @@ def test_weight_only_int8_and_int4_stay_close_and_agree(head32, tmp_path):
             assert {a.i for n in ops for a in n.attribute if a.name == "bits"} == {bits}
             assert {a.i for n in ops for a in n.attribute if a.name == "accuracy_level"} == {4}
         onnx.save(proto, str(tmp_path / f"{bits}.onnx"))
-        runner = FusedDecoderRunner.open(tmp_path / f"{bits}.onnx", bundle.graphs["decoder"], bundle.cache_pairs(),
+        runner = FusedDecoderRunner.open(tmp_path / f"{bits}.onnx", bundle.signatures["decoder"], bundle.cache_pairs(),
                                          bundle.config)
         results[bits] = np.concatenate(_steps(runner, bundle, embeds, 1, 8)[0])
     for bits, cos_min in ((8, 0.99), (4, 0.9)):  # int4 costs more: the parity gate decides whether it is kept
@@ -115,7 +115,7 @@ def test_a_plain_graph_is_not_taken_for_a_fused_one(head32):
     _, root = head32
     bundle = Bundle(root / "bundle")
     with pytest.raises(PixdeployError, match="is not the fused decoder of this bundle's config"):
-        FusedDecoderRunner.open(bundle.graph_path("decoder"), bundle.graphs["decoder"], bundle.cache_pairs(),
+        FusedDecoderRunner.open(bundle.graph_path("decoder"), bundle.signatures["decoder"], bundle.cache_pairs(),
                                 bundle.config)
     assert unsupported(preset("tiny")) and unsupported(bundle.config) is None
 

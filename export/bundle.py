@@ -22,6 +22,7 @@ from pixdeploy.runtime.bundle import (
     PARITY_REPORT,
     TOKENIZER,
     Bundle,
+    SourceRecord,
     commit_manifest,
     is_bundle_dir,
     new_manifest,
@@ -42,8 +43,13 @@ PRODUCER = f"pixdeploy {__version__}"
 def write_manifest(path: Path, cfg, extra: dict) -> None:
     """A fresh manifest for the bundle files in ``path`` (the format module writes it); ``extra``: what the
     exporter records (source, export profile, onnx; ``parity``: the fp32 variant's parity record)."""
-    recorded = {"onnx": {"opset": OPSET, "ir_version": IR_VERSION, "custom_domain": DOMAIN}, **extra}
+    recorded = {"onnx": onnx_record(OPSET, IR_VERSION), **extra}
     write_new_manifest(path, cfg, {s.name: s.to_dict() for s in graph_specs(cfg)}, recorded, producer=PRODUCER)
+
+
+def onnx_record(opset: int, ir_version: int) -> dict:
+    """What the manifest says of the graphs' ONNX (descriptive: the graphs themselves are what runs)."""
+    return {"opset": opset, "ir_version": ir_version, "custom_domain": DOMAIN}
 
 
 def check_fits_tensorrt(proto, graph: str, profile) -> None:
@@ -89,11 +95,10 @@ def _export_into(out: Path, ck, model, cfg, profile, target: str, images, force:
         ck.tokenizer.save(tmp / TOKENIZER)
         # Absolute: the path the user typed may be relative to a folder a later command does not run from (a
         # relative path in an older bundle is read relative to the bundle: Bundle.source_checkpoint).
-        source = {"checkpoint": os.path.abspath(ck.path), "checkpoint_step": ck.step}
-        recorded = {"source": source, "export_profile": profile.to_dict(),
-                    "onnx": {"opset": profile.opset, "ir_version": profile.ir_version, "custom_domain": DOMAIN}}
-        manifest, hashed = new_manifest(tmp, cfg, {s.name: s.to_dict() for s in graph_specs(cfg)}, recorded,
-                                        PRODUCER)
+        manifest, hashed = new_manifest(tmp, cfg, {s.name: s.to_dict() for s in graph_specs(cfg)}, PRODUCER,
+                                        source=SourceRecord(os.path.abspath(ck.path), ck.step),
+                                        export_profile=profile.to_dict(),
+                                        onnx=onnx_record(profile.opset, profile.ir_version))
 
         echo("checking parity against PyTorch")
         with Pipeline.open(Bundle.from_manifest(tmp, manifest, hashed=hashed), device="cpu") as pipeline:

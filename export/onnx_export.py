@@ -22,6 +22,7 @@ from pixdeploy.export.ops.window_attention import WindowAttention, window_attent
 from pixdeploy.export.ops.window_summary_attention import WindowSummaryAttention, window_summary_attention_export
 from pixdeploy.export.profiles import PROFILES, ExportProfile
 from pixdeploy.export.quiet import quiet_exporter
+from pixdeploy.runtime.bundle.records import CachePair, GraphSignature, TensorSpec
 from torch import nn
 
 import pixdeploy.model as model_module
@@ -43,14 +44,16 @@ class GraphSpec:
     purpose: str
     cache: tuple = ()  # (input, output) pairs a caller feeds back: the decoder's KV cache
 
+    def signature(self) -> GraphSignature:
+        """The bundle's record of this graph; the cache pairs are recorded once here, so no runtime re-derives
+        the names or the dtype."""
+        return GraphSignature({k: TensorSpec(d, tuple(s)) for k, (d, s) in self.inputs.items()},
+                              {k: TensorSpec(d, tuple(s)) for k, (d, s) in self.outputs.items()},
+                              tuple(CachePair(p, q, self.inputs[p][0], tuple(self.inputs[p][1])) for p, q in self.cache),
+                              self.purpose)
+
     def to_dict(self) -> dict:
-        out = {"file": f"{self.name}.onnx", "purpose": self.purpose,
-               "inputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in self.inputs.items()},
-               "outputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in self.outputs.items()}}
-        if self.cache:  # recorded once here, so no runtime re-derives the names or the dtype
-            out["cache"] = [{"past": p, "present": q, "dtype": self.inputs[p][0], "shape": list(self.inputs[p][1])}
-                            for p, q in self.cache]
-        return out
+        return {"file": f"{self.name}.onnx", **self.signature().to_dict()}
 
 
 def graph_specs(cfg) -> list[GraphSpec]:

@@ -145,7 +145,7 @@ class GraphSignature:
 
     @classmethod
     def from_dict(cls, d, where: str = "graph") -> GraphSignature:
-        d = _obj(d, where, ("inputs", "outputs"), ("cache", "purpose", "file"))  # file: format 1's
+        d = _obj(d, where, ("inputs", "outputs"), ("cache", "purpose", "file"))  # file: the exporter spec's, and format 1's
         inputs = _names(d["inputs"], _where(where, "inputs"), TensorSpec.from_dict)
         outputs = _names(d["outputs"], _where(where, "outputs"), TensorSpec.from_dict)
         if not inputs or not outputs:

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from pixdeploy.runtime.runner import ORT_TYPES, Runner, declared_inputs
 
@@ -74,6 +76,9 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
 
+LOGITS = "logits"  # the decoder's output, in the plain and the fused graph alike
+
+
 class FusedDecoderRunner(Runner):
     """A fused decoder graph (`pixdeploy.runtime.fused_decoder`: onnxruntime's CPU contrib operators, one KV buffer
     per cache tensor written in place) with the plain decoder's inputs and outputs."""
@@ -86,6 +91,8 @@ class FusedDecoderRunner(Runner):
         self.output_names = list(plain_signature.outputs)
         self.pairs = list(zip(cache_pairs, fused_cache_names(cfg.n_layers)))  # (plain pair, (past, present))
         self.keep = frozenset(p.present for p in cache_pairs)
+        self._bound = None  # the binding of the conversation last run (`_Bound`)
+        self._lock = threading.Lock()  # one binding: one run at a time
 
     @classmethod
     def open(cls, path, plain_signature, cache_pairs: list, cfg) -> FusedDecoderRunner:
@@ -108,27 +115,45 @@ class FusedDecoderRunner(Runner):
             raise PixdeployError("the fused decoder takes consecutive positions from its cache's length on")
         embeds = np.ascontiguousarray(feed["embeds"], dtype=np.float32)
         batch = embeds.shape[0]
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("embeds", embeds)
-        lengths = np.full((batch,), start + tokens - 1, np.int32)  # held until the run: the binding reads it
-        total = np.array(start + tokens, np.int32)
-        binding.bind_cpu_input("seqlens_k", lengths)
-        binding.bind_cpu_input("total_sequence_length", total)
-        binding.bind_output("logits")
-        out = {}
-        for plain, (past, present) in self.pairs:
-            value = feed[plain.past]
-            if not isinstance(value, ort.OrtValue):  # a cache from elsewhere (zeros at the start): ours from now
-                value = ort.OrtValue.ortvalue_from_numpy(np.array(value, dtype=np.float32, copy=True))
-            binding.bind_ortvalue_input(past, value)
-            binding.bind_ortvalue_output(present, value)  # the same buffer: written in place
-            out[plain.present] = value
-        self.session.run_with_iobinding(binding)
-        out["logits"] = binding.get_outputs()[0].numpy()
+        caches = [feed[plain.past] for plain, _ in self.pairs]
+        if not all(isinstance(v, ort.OrtValue) for v in caches):  # a cache from elsewhere (zeros at the start)
+            caches = [v if isinstance(v, ort.OrtValue) else
+                      ort.OrtValue.ortvalue_from_numpy(np.array(v, dtype=np.float32, copy=True)) for v in caches]
+        # One binding per conversation: the caches (ours, from the last step) stay bound as past and present at
+        # once (written in place); only the step's own inputs change. Rebinding every tensor every token costs as
+        # much as the graph itself at batch 1.
+        with self._lock:
+            bound = self._bound
+            if bound is None or bound.batch != batch or any(a is not b for a, b in zip(bound.caches, caches)):
+                bound = self._bound = _Bound(self.session, batch, LOGITS, self.pairs, caches)
+            bound.lengths[:] = start + tokens - 1
+            bound.total[...] = start + tokens
+            bound.binding.bind_cpu_input("embeds", embeds)
+            self.session.run_with_iobinding(bound.binding)
+            logits = bound.logits.copy()  # the caller keeps it; the buffer is the next step's
+        out = {plain.present: value for (plain, _), value in zip(self.pairs, caches)}
+        out[LOGITS] = logits
         return out
 
     def close(self) -> None:
-        self.session = None
+        self.session = self._bound = None
+
+
+class _Bound:
+    """The binding of one conversation's caches: past and present the same buffer, logits into a fixed array."""
+
+    def __init__(self, session, batch: int, logits_name: str, pairs: list, caches: list):
+        self.batch, self.caches = batch, caches
+        self.binding = session.io_binding()
+        self.lengths, self.total = np.zeros((batch,), np.int32), np.zeros((), np.int32)
+        vocab = next(o for o in session.get_outputs() if o.name == logits_name).shape[-1]
+        self.logits = np.empty((batch, vocab), np.float32)
+        self.binding.bind_cpu_input("seqlens_k", self.lengths)  # bound by address: updated in place each step
+        self.binding.bind_cpu_input("total_sequence_length", self.total)
+        self.binding.bind_output(logits_name, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
+        for (_, (past, present)), value in zip(pairs, caches):
+            self.binding.bind_ortvalue_input(past, value)
+            self.binding.bind_ortvalue_output(present, value)
 
 
 class OnnxRuntimeBoundRunner(OnnxRuntimeRunner):

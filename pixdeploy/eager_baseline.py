@@ -13,7 +13,7 @@ import torch
 
 from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.errors import PixdeployError
-from pixdeploy.generation import generate
+from pixdeploy.generation import Sampling, generate
 
 
 def eager_baseline(checkpoint, device: str = "auto") -> Callable:
@@ -84,7 +84,7 @@ class EagerBaseline:
             run = lambda: m.decode(step, cache, pos)
         elif case.stage == "generate":
             tokens = prompt(x["ids"])
-            run = lambda: list(generate(m, tokens, images, sizes, max_new_tokens=x["new_tokens"], stop=None))
+            run = lambda: list(generate(m, tokens, images, sizes, Sampling(max_new_tokens=x["new_tokens"], stop=None)))
         else:
             raise PixdeployError(f"no eager baseline for stage {case.stage!r}")
 

@@ -7,6 +7,7 @@ colour token fed back would need the image block. Sequences in a batch share one
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -48,21 +49,35 @@ def decode_one(model: PixTokenLM, token: torch.Tensor, pos: int, cache):
     return model.logits(h[:, -1]), cache
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How `generate` picks tokens and when it stops. temperature 0 is greedy (top_k and top_p then unused);
+    ``stop=None`` runs all ``max_new_tokens`` (fewer when the sequence would pass the model's context)."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop: Sequence[int] | None = (EOS_ID,)
+    seed: int = 0
+
+
+GREEDY = Sampling()
+
+
 @torch.no_grad()
-def generate(model: PixTokenLM, tokens: torch.Tensor, images=None, sizes=None, *, max_new_tokens: int = 32,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop: Sequence[int] | None = (EOS_ID,),
-             seed: int = 0) -> Iterator[torch.Tensor]:
-    """Yield (B,) word tokens one step at a time until every sequence has hit a stop token
-    (``stop=None``: run all ``max_new_tokens``)."""
+def generate(model: PixTokenLM, tokens: torch.Tensor, images=None, sizes=None,
+             sampling: Sampling = GREEDY) -> Iterator[torch.Tensor]:
+    """Yield (B,) word tokens one step at a time until every sequence has hit a stop token."""
     cfg = model.cfg
     T = tokens.shape[1]
-    max_new_tokens = min(max_new_tokens, cfg.max_seq_len - T)
-    gen = torch.Generator(device=tokens.device).manual_seed(seed)
+    max_new_tokens = min(sampling.max_new_tokens, cfg.max_seq_len - T)
+    gen = torch.Generator(device=tokens.device).manual_seed(sampling.seed)
     logits, cache = prefill(model, tokens, images, sizes)
     done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-    stop_t = torch.tensor(list(stop or ()), dtype=torch.long, device=tokens.device)
+    stop_t = torch.tensor(list(sampling.stop or ()), dtype=torch.long, device=tokens.device)
     for i in range(max_new_tokens):
-        nxt = sample(logits[:, : cfg.text_vocab], temperature, top_k, top_p, gen)
+        nxt = sample(logits[:, : cfg.text_vocab], sampling.temperature, sampling.top_k, sampling.top_p, gen)
         yield nxt
         done |= torch.isin(nxt, stop_t)
         if bool(done.all()) or i == max_new_tokens - 1:
@@ -70,11 +85,11 @@ def generate(model: PixTokenLM, tokens: torch.Tensor, images=None, sizes=None, *
         logits, cache = decode_one(model, nxt, T + i, cache)
 
 
-def generate_text(model: PixTokenLM, tokenizer, images, sizes, prompt: str = "", **kwargs) -> list[str]:
+def generate_text(model: PixTokenLM, tokenizer, images, sizes, prompt: str = "",
+                  sampling: Sampling = GREEDY) -> list[str]:
     """Caption a batch of letterboxed images (uint8 (N, S, S, 3), sizes (N, 2)) -> one string each."""
     ids = image_prompt(model.cfg.n_windows, tokenizer.encode(prompt) if prompt else ())
     tokens = torch.tensor([ids] * images.shape[0], device=images.device)
-    steps = generate(model, tokens, images, sizes, **kwargs)
-    out = collect_until_stop(steps, images.shape[0], kwargs.get("stop", (EOS_ID,)))
+    steps = generate(model, tokens, images, sizes, sampling)
+    out = collect_until_stop(steps, images.shape[0], sampling.stop)
     return [tokenizer.decode(ids) for ids in out]
-

@@ -23,7 +23,7 @@ from benchmarks.gpu.context import (
 def stage_parity(ctx: Context) -> dict:
     from pixdeploy.export.parity import compare
 
-    from pixdeploy.generation import generate, prefill
+    from pixdeploy.generation import Sampling, generate, prefill
     from pixdeploy.sequence import image_prompt
 
     p = ctx.plan
@@ -32,12 +32,13 @@ def stage_parity(ctx: Context) -> dict:
     ids = image_prompt(ctx.cfg.n_windows, ctx.tokenizer.encode(PROMPT))
     tokens = torch.tensor([ids] * len(images), device=p.device)
     steps = min(p.greedy_steps, ctx.cfg.max_seq_len - len(ids))
+    all_steps = Sampling(max_new_tokens=steps, stop=None)  # greedy, never stopping early
 
     def answers(model):
         with torch.no_grad():
             emb = model.encode_images(images, sizes).float()
             logits, _ = prefill(model, tokens, images, sizes)
-            greedy = torch.stack(list(generate(model, tokens, images, sizes, max_new_tokens=steps, stop=None)), 1)
+            greedy = torch.stack(list(generate(model, tokens, images, sizes, all_steps)), 1)
         return emb.cpu().numpy(), logits.float().cpu().numpy(), greedy.cpu().numpy()
 
     ref = answers(ctx.model)

@@ -81,7 +81,7 @@ def graphed_decode(ctx: Context, model: PixTokenLM, step, words: list, caches: l
     """One decode step as a CUDA graph that also writes the new cache back into the static one (what a
     generation loop replays), timed, then checked to pick the same greedy tokens as eager generate() on
     the prompt ``tokens`` with ``image``."""
-    from pixdeploy.generation import generate, prefill
+    from pixdeploy.generation import Sampling, generate, prefill
 
     p = ctx.plan
     batch, T = tokens.shape
@@ -112,6 +112,6 @@ def graphed_decode(ctx: Context, model: PixTokenLM, step, words: list, caches: l
             got.append(nxt)
             static_pos.fill_(T + i)
             logits = replay([nxt, static_pos]).clone()
-        want = torch.stack(list(generate(model, tokens, *image, max_new_tokens=steps, stop=None)), 1)
+        want = torch.stack(list(generate(model, tokens, *image, Sampling(max_new_tokens=steps, stop=None))), 1)
         row["greedy_matches_eager"] = bool((torch.stack(got, 1) == want).all())
     return row

@@ -18,7 +18,7 @@ from pixdeploy.export.parity import THRESHOLDS, compare
 from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.cpu import cpu_class
 from pixdeploy.folding import prepare_batch
-from pixdeploy.generation import decode_one, generate, prefill
+from pixdeploy.generation import Sampling, decode_one, generate, prefill
 from pixdeploy.sequence import image_prompt
 
 # Tolerances per variant, each with its reason.
@@ -102,7 +102,7 @@ def test_pytorch_answers_as_the_fp32_golden_pruned_or_not(golden_checkpoint):
     rgb, sizes = (torch.from_numpy(a) for a in prepare_batch(golden_images(), model.cfg.image_size))
     tokens = torch.tensor([image_prompt(model.cfg.n_windows)] * len(rgb))
     steps = golden["greedy_tokens"].shape[1]
-    greedy = torch.stack(list(generate(model, tokens, rgb, sizes, max_new_tokens=steps, stop=None)), 1)
+    greedy = torch.stack(list(generate(model, tokens, rgb, sizes, Sampling(max_new_tokens=steps, stop=None))), 1)
     failures = []
     for prune in (True, False):
         emb = model.encode_images(rgb, sizes, prune=prune)

@@ -10,7 +10,7 @@ from pixdeploy.runtime.sampling import sample
 
 from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.errors import PixdeployError
-from pixdeploy.generation import generate_text
+from pixdeploy.generation import Sampling, generate_text
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,8 @@ def test_greedy_generation_equals_pytorch(pipe, tiny_checkpoint, photos):
     ck = Checkpoint(tiny_checkpoint)
     model = ck.load_model()
     rgb, sizes = pipe.preprocess(photos)
-    ref = generate_text(model, ck.tokenizer, torch.from_numpy(rgb), torch.from_numpy(sizes), max_new_tokens=20)
+    ref = generate_text(model, ck.tokenizer, torch.from_numpy(rgb), torch.from_numpy(sizes),
+                        sampling=Sampling(max_new_tokens=20))
     assert pipe.generate_batch(photos, max_new_tokens=20) == ref
     assert pipe.generate(photos[1], max_new_tokens=20) == ref[1]
 

@@ -36,7 +36,9 @@ REQUIRED = ("model.safetensors", "tokenizer.json")  # listed in meta.json's file
 
 
 def save_checkpoint(out: Path, model_state: dict, cfg: ModelConfig, tok: Tokenizer, step: int,
-                    train_tensors: dict | None = None, train_json: dict | None = None) -> Path:
+                    train_state: tuple[dict, dict] | None = None) -> Path:
+    """Write ``<out>/checkpoint``. ``train_state``, what a resume needs beyond the weights, is the pair
+    `Checkpoint.train_state` gives back: (optimizer tensors and RNG, JSON-able scalars)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clean_stale(out / CKPT_DIR)  # left by a save that was killed mid-write (train reports them at start)
@@ -47,7 +49,8 @@ def save_checkpoint(out: Path, model_state: dict, cfg: ModelConfig, tok: Tokeniz
         save_file({k: v.detach().float().contiguous().cpu() for k, v in model_state.items()},
                   tmp / "model.safetensors")
         tok.save(tmp / "tokenizer.json")
-        if train_tensors is not None:
+        if train_state is not None:
+            train_tensors, train_json = train_state
             save_file({k: v.contiguous().cpu() for k, v in train_tensors.items()}, tmp / "train_state.safetensors")
             (tmp / "train_state.json").write_text(json.dumps(train_json), encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir())

@@ -51,13 +51,14 @@ def read_images(model, tokenizer, examples, batch_size: int = 50) -> list[tuple[
     import torch
 
     from pixdeploy.folding import prepare_batch
-    from pixdeploy.generation import generate_text
+    from pixdeploy.generation import Sampling, generate_text
 
     pairs = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         images, sizes = prepare_batch([ex.segments[0] for ex in chunk], model.cfg.image_size)
-        read = generate_text(model, tokenizer, torch.from_numpy(images), torch.from_numpy(sizes), max_new_tokens=8)
+        read = generate_text(model, tokenizer, torch.from_numpy(images), torch.from_numpy(sizes),
+                             sampling=Sampling(max_new_tokens=8))
         pairs += [(ex.texts[0].strip(), r.strip()) for ex, r in zip(chunk, read)]
     return pairs
 
@@ -104,7 +105,7 @@ def _run_demo(workdir: Path, steps: int | None, plan: DemoPlan, echo, t0: float)
     from pixdeploy.checkpoint import Checkpoint
     from pixdeploy.data import load_examples
     from pixdeploy.demo_data import make_demo_set
-    from pixdeploy.training import TrainConfig, train
+    from pixdeploy.training import RunOptions, TrainConfig, train
 
     cfg = plan.config()
 
@@ -118,7 +119,7 @@ def _run_demo(workdir: Path, steps: int | None, plan: DemoPlan, echo, t0: float)
                      eval_every=max(1, steps // 4), ckpt_every=max(1, steps // 4), log_every=10,
                      vocab_size=plan.vocab_size, num_workers=1, word_loss_weight=plan.word_loss_weight)
     echo(f"[2/5] training {plan.describe()} for {steps} steps on {_device_name()}")
-    summary = train(train_txt, workdir / "run", cfg, tc, eval_data=eval_txt)
+    summary = train(train_txt, workdir / "run", cfg, tc, RunOptions(eval_data=eval_txt))
     echo(f"      loss {summary['loss']:.3f}, held-out pixel loss {summary['eval_pixel_loss']:.3f}, "
          f"word loss {summary['eval_word_loss']:.3f}; {summary['pixel_tokens_per_s']:,.0f} pixel tokens/s")
 

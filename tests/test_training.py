@@ -2,13 +2,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 
 from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.demo_data import make_demo_set
-from pixdeploy.training import TrainConfig, lr_at, train
+from pixdeploy.training import RunOptions, TrainConfig, lr_at, train
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_lr_schedule_warms_up_then_decays():
 
 def test_training_lowers_the_loss_and_writes_metrics(tmp_path, demo_files, tiny_cfg):
     train_txt, eval_txt = demo_files
-    summary = train(train_txt, tmp_path, tiny_cfg, TC, eval_data=eval_txt, progress=False)
+    summary = train(train_txt, tmp_path, tiny_cfg, TC, RunOptions(eval_data=eval_txt, progress=False))
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in lines if "loss" in r]
     assert len(losses) == 8 and losses[-1] < losses[0]
@@ -42,16 +43,17 @@ def test_training_lowers_the_loss_and_writes_metrics(tmp_path, demo_files, tiny_
 def test_an_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, demo_files, tiny_cfg):
     """8 steps of 2 micro-batches cross an epoch (12 batches of 4): resuming must find the same batches."""
     train_txt, eval_txt = demo_files
-    whole = train(train_txt, tmp_path / "whole", tiny_cfg, TC, eval_data=eval_txt, progress=False)
+    quiet = RunOptions(eval_data=eval_txt, progress=False)
+    whole = train(train_txt, tmp_path / "whole", tiny_cfg, TC, quiet)
 
     def kill_at_6(step):
         if step == 6:  # after the step-4 checkpoint, before the next
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(train_txt, tmp_path / "cut", tiny_cfg, TC, eval_data=eval_txt, progress=False, on_step=kill_at_6)
+        train(train_txt, tmp_path / "cut", tiny_cfg, TC, replace(quiet, on_step=kill_at_6))
     assert Checkpoint(tmp_path / "cut").step == 4
-    resumed = train(train_txt, tmp_path / "cut", tiny_cfg, TC, eval_data=eval_txt, progress=False, resume=True)
+    resumed = train(train_txt, tmp_path / "cut", tiny_cfg, TC, replace(quiet, resume=True))
     assert resumed["step"] == whole["step"] == 8
     for key in ("loss", "eval_pixel_loss", "eval_word_loss"):
         assert resumed[key] == pytest.approx(whole[key], rel=1e-5), key
@@ -121,15 +123,16 @@ def test_a_second_run_in_the_same_folder_is_refused_while_one_trains(tmp_path, d
 
     train_txt, eval_txt = demo_files
     run = tmp_path / "run"
+    quiet = RunOptions(eval_data=eval_txt, progress=False)
     refused = []
 
     def second_run(step):
         if step == 5:  # a checkpoint exists (step 4): a resume passes every check but the lock
             with pytest.raises(PixdeployError, match=f"another pixdeploy process is training in {run}") as e:
-                train(train_txt, run, tiny_cfg, TC, eval_data=eval_txt, progress=False, resume=True)
+                train(train_txt, run, tiny_cfg, TC, replace(quiet, resume=True))
             refused.append(str(e.value))
 
-    summary = train(train_txt, run, tiny_cfg, TC, eval_data=eval_txt, progress=False, on_step=second_run)
+    summary = train(train_txt, run, tiny_cfg, TC, replace(quiet, on_step=second_run))
     assert refused and summary["step"] == 8
     steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == list(range(1, 9))  # one run's rows, none twice
@@ -140,5 +143,5 @@ def test_an_empty_out_is_refused(demo_files, tiny_cfg, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PixdeployError, match="--out must name a run folder"):
-        train(demo_files[0], "", tiny_cfg, TC, progress=False)
+        train(demo_files[0], "", tiny_cfg, TC, RunOptions(progress=False))
     assert list(tmp_path.iterdir()) == []

@@ -106,7 +106,7 @@ def make_data(root: Path, plan: Plan, seed: int, progress: bool) -> dict:
 def read_heldout(model: PixTokenLM, tokenizer, root: Path, plan: Plan) -> list[dict]:
     """Greedy readings of every held-out image, with what each image shows."""
     from pixdeploy.folding import prepare_batch
-    from pixdeploy.generation import generate_text
+    from pixdeploy.generation import Sampling, generate_text
 
     model.eval()
     device = next(model.parameters()).device
@@ -117,7 +117,7 @@ def read_heldout(model: PixTokenLM, tokenizer, root: Path, plan: Plan) -> list[d
         chunk = records[i : i + plan.read_batch]
         images, sizes = prepare_batch([root / r["image"] for r in chunk], model.cfg.image_size)
         read = generate_text(model, tokenizer, torch.from_numpy(images).to(device),
-                             torch.from_numpy(sizes).to(device), max_new_tokens=max_new)
+                             torch.from_numpy(sizes).to(device), sampling=Sampling(max_new_tokens=max_new))
         rows += [{**r, "truth": r["text"], "read": text.strip()} for r, text in zip(chunk, read)]
     return rows
 
@@ -133,13 +133,13 @@ def loss_curve(metrics_path: Path) -> list[dict]:
 
 def run_model(name: str, data: dict, workdir: Path, plan: Plan, seed: int, progress: bool) -> dict:
     from pixdeploy.checkpoint import Checkpoint
-    from pixdeploy.training import train
+    from pixdeploy.training import RunOptions, train
 
     factory = MODELS[name]
     out = workdir / "runs" / name
     t0 = time.perf_counter()
-    summary = train(data["train"], out, plan.model, train_config(plan, seed), eval_data=data["heldout"],
-                    progress=progress, model_factory=factory)
+    summary = train(data["train"], out, plan.model, train_config(plan, seed),
+                    RunOptions(eval_data=data["heldout"], progress=progress, model_factory=factory))
     train_s = time.perf_counter() - t0
     ckpt = Checkpoint(out)
     model = factory(ckpt.config)

@@ -73,14 +73,13 @@ def train_options(f):
 def train(preset, overrides, data, eval_data, image_root, allow_outside_root, data_kind, out, resume, **kw):
     """Pretrain a model (also under torchrun for several processes)."""
     from pixdeploy.config import preset as get_preset
-    from pixdeploy.training import TrainConfig
+    from pixdeploy.training import RunOptions, TrainConfig
     from pixdeploy.training import train as run_training
 
     cfg = get_preset(preset).replace(**parse_overrides(overrides))
-    tc = TrainConfig(**kw)
-    summary = run_training(data, out, cfg, tc, resume=resume, eval_data=eval_data, image_root=image_root,
-                           data_kind=data_kind, allow_outside_root=allow_outside_root,
-                           echo=lambda line: say(line, err=True))
+    options = RunOptions(resume=resume, eval_data=eval_data, image_root=image_root, data_kind=data_kind,
+                         allow_outside_root=allow_outside_root, echo=lambda line: say(line, err=True))
+    summary = run_training(data, out, cfg, TrainConfig(**kw), options)
     report_training(summary)
     _finish_distributed()
 

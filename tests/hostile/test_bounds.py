@@ -54,9 +54,9 @@ def test_train_options_past_what_the_arithmetic_survives_are_refused(tmp_path, d
 
 def train_quietly(data, out, tc, resume=False):
     from pixdeploy.config import preset
-    from pixdeploy.training import train
+    from pixdeploy.training import RunOptions, train
 
-    return train(data, out, preset("tiny"), tc, progress=False, resume=resume)
+    return train(data, out, preset("tiny"), tc, RunOptions(progress=False, resume=resume))
 
 
 def test_a_non_finite_loss_stops_training_and_writes_no_checkpoint(tmp_path, data):

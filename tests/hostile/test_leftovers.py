@@ -41,7 +41,7 @@ def interrupted_before_first_checkpoint(data, out: Path) -> None:
     """A real run stopped by Ctrl-C at step 1, having logged a metrics record (log_every 1) but not yet
     reached its first checkpoint (ckpt_every 100)."""
     from pixdeploy.config import preset
-    from pixdeploy.training import TrainConfig, train
+    from pixdeploy.training import RunOptions, TrainConfig, train
 
     def ctrl_c(step):
         raise KeyboardInterrupt
@@ -49,7 +49,7 @@ def interrupted_before_first_checkpoint(data, out: Path) -> None:
     tc = TrainConfig(steps=3, batch_size=2, num_workers=0, warmup=1, vocab_size=32, eval_percent=0, log_every=1,
                      ckpt_every=100)
     with pytest.raises(KeyboardInterrupt):
-        train(data, out, preset("tiny"), tc, progress=False, on_step=ctrl_c)
+        train(data, out, preset("tiny"), tc, RunOptions(progress=False, on_step=ctrl_c))
 
 
 @pytest.mark.parametrize("again", [[], ["--resume"]], ids=["rerun", "resume"])

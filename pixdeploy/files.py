@@ -156,6 +156,72 @@ def clean_stale(final: Path, echo: Callable[[str], None] | None = None) -> list[
     return removed
 
 
+# Temporary folders a pixdeploy process makes under the system's temporary folder (TMPDIR/PREFIX-PID-XXXX), each
+# holding a marker that names its PID: a process killed with -9 cannot remove them, the next pixdeploy command
+# that makes one does (`sweep_marked_temp_dirs`), once that PID no longer runs. Anything without the marker,
+# whatever its name, is never removed.
+TEMP_MARKER = ".pixdeploy-serve"  # the name the first user of these folders (serve) gave it
+_TEMP_FORMAT = "pixdeploy-serve-temporary"
+_MARKED = re.compile(r"^pixdeploy-[a-z0-9-]*?-(?P<pid>\d+)-")
+
+
+def marked_temp_dir(prefix: str) -> Path:
+    """A new private temporary folder ``PREFIX-PID-XXXX`` (``prefix``: ``pixdeploy-WHAT-``) marked as this
+    process's; the caller removes it (`marked_temp` does)."""
+    import json
+    import tempfile
+
+    if not re.fullmatch(r"pixdeploy-[a-z0-9-]+-", prefix):
+        raise ValueError(f"a marked temporary folder's prefix is pixdeploy-WHAT-, not {prefix!r}")
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+    (folder / TEMP_MARKER).write_text(json.dumps({"format": _TEMP_FORMAT, "pid": os.getpid()}), encoding="utf-8")
+    return folder
+
+
+@contextmanager
+def marked_temp(prefix: str) -> Iterator[Path]:
+    """`marked_temp_dir` for the length of a block, removed after it whatever happens (a kill -9 excepted: the
+    next sweep removes it)."""
+    folder = marked_temp_dir(prefix)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep_marked_temp_dirs(echo) -> list[Path]:
+    """Remove the marked temporary folders of pixdeploy processes of this user that died without removing them: a
+    folder named ``pixdeploy-WHAT-PID-*`` in the temporary folder, holding the marker that names that PID, whose
+    process no longer runs. Anything else, whatever its name, is left alone."""
+    import stat
+    import tempfile
+
+    from pixdeploy.jsonfile import BadJson, load_json
+
+    root = Path(tempfile.gettempdir())
+    try:
+        candidates = sorted(root.iterdir())
+    except OSError:
+        return []
+    removed = []
+    for p in candidates:
+        m = _MARKED.match(p.name)
+        if m is None or _pid_alive(int(m["pid"])):
+            continue
+        try:
+            st, mark = p.lstat(), (p / TEMP_MARKER).lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or not stat.S_ISREG(mark.st_mode):
+                continue
+            info = load_json(p / TEMP_MARKER, max_bytes=4096)
+        except (OSError, BadJson):
+            continue
+        if isinstance(info, dict) and info.get("format") == _TEMP_FORMAT and info.get("pid") == int(m["pid"]):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+            echo(f"removed {p}, a temporary folder of a pixdeploy command that was killed")
+    return removed
+
+
 @contextmanager
 def locked_dir(path: Path, echo: Callable[[str], None] | None = None, busy: str | None = None) -> Iterator[None]:
     """Hold an exclusive lock on folder ``path`` for the block; another holder makes this one wait, or, with

@@ -10,7 +10,6 @@ server has no onnxruntime backend: it serves repositories written with `--backen
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -19,13 +18,13 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from pixdeploy.errors import PixdeployError
+from pixdeploy.files import marked_temp_dir
 
 EXTRA = 'pip install "pixdeploy[serve]"'
 
@@ -72,54 +71,10 @@ def server_env(dist: Path) -> dict:
     return env
 
 
-# Temporary folders of serve (its repository) and of TritonServer (the server's backends): TMPDIR/PREFIX-PID-XXXX,
-# each holding a marker naming that PID. A process killed with -9 cannot remove them; the next serve does, once
+# Temporary folders of serve (its repository) and of TritonServer (the server's backends), marked as this
+# process's (`pixdeploy.files.marked_temp_dir`): a serve killed with -9 cannot remove them; the next one does, once
 # that PID no longer runs (the server itself dies with its parent: _stop_with_parent).
-TEMP_PREFIXES = ("pixdeploy-repo-", "pixdeploy-triton-")
-TEMP_MARKER = ".pixdeploy-serve"
-_TEMP_FORMAT = "pixdeploy-serve-temporary"
-
-
-def make_temp_dir(prefix: str) -> Path:
-    """A new private temporary folder ``PREFIX-PID-XXXX`` marked as this process's (`sweep_temp_dirs`)."""
-    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
-    (folder / TEMP_MARKER).write_text(json.dumps({"format": _TEMP_FORMAT, "pid": os.getpid()}), encoding="utf-8")
-    return folder
-
-
-def sweep_temp_dirs(echo) -> list[Path]:
-    """Remove the temporary folders of pixdeploy processes of this user that died without removing them: a folder
-    in the temporary folder named ``PREFIX-PID-*`` (`TEMP_PREFIXES`) holding the marker that names that PID, whose
-    process no longer runs. Anything else, whatever its name, is left alone."""
-    import re
-    import stat
-
-    from pixdeploy.files import pid_alive
-    from pixdeploy.jsonfile import BadJson, load_json
-
-    names = re.compile("^(?:" + "|".join(map(re.escape, TEMP_PREFIXES)) + r")(?P<pid>\d+)-")
-    root = Path(tempfile.gettempdir())
-    try:
-        candidates = sorted(root.iterdir())
-    except OSError:
-        return []
-    removed = []
-    for p in candidates:
-        m = names.match(p.name)
-        if m is None or pid_alive(int(m["pid"])):
-            continue
-        try:
-            st, mark = p.lstat(), (p / TEMP_MARKER).lstat()
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or not stat.S_ISREG(mark.st_mode):
-                continue
-            info = load_json(p / TEMP_MARKER, max_bytes=4096)
-        except (OSError, BadJson):
-            continue
-        if isinstance(info, dict) and info.get("format") == _TEMP_FORMAT and info.get("pid") == int(m["pid"]):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-            echo(f"removed {p}, a temporary folder of a pixdeploy serve that was killed")
-    return removed
+REPOSITORY_TEMP, SERVER_TEMP = "pixdeploy-repo-", "pixdeploy-triton-"
 
 
 def _stop_with_parent() -> None:
@@ -190,7 +145,7 @@ class TritonServer:
         for option, port in (("--port", self.http_port), ("--grpc-port", self.grpc_port)):
             check_port_free(self.host, port, option)  # said in one line, not at the end of the server's log
         dist = triton_dist()
-        self._workdir = make_temp_dir("pixdeploy-triton-")
+        self._workdir = marked_temp_dir(SERVER_TEMP)
         try:
             backends = prepare_backends(dist, self._workdir)
             self.process = subprocess.Popen(self.command(backends, dist), env=server_env(dist),

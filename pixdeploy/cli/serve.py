@@ -65,12 +65,13 @@ def _interrupt(*_):
 def serve(bundle, host, port, grpc_port, repository, instances, max_batch, timeout):
     """Serve a bundle with Triton Inference Server (CPU; needs pixdeploy[serve]) until Ctrl-C."""
     from pixdeploy.export.triton import repository_for
-    from pixdeploy.runtime.serve import TritonServer, make_temp_dir, sweep_temp_dirs, triton_dist
+    from pixdeploy.files import marked_temp_dir, sweep_marked_temp_dirs
+    from pixdeploy.runtime.serve import REPOSITORY_TEMP, TritonServer, triton_dist
 
     triton_dist()  # refuse before writing anything when the server is not installed
     echo = lambda m: say(m, err=True)  # noqa: E731
-    sweep_temp_dirs(echo)  # what a serve killed with -9 left
-    tmp = None if repository else make_temp_dir("pixdeploy-repo-")
+    sweep_marked_temp_dirs(echo)  # what a pixdeploy killed with -9 left
+    tmp = None if repository else marked_temp_dir(REPOSITORY_TEMP)
     try:
         repo = repository_for(bundle, repository or tmp / "repository", instances=instances,
                               max_batch=max_batch, echo=echo)

@@ -147,7 +147,7 @@ def test_the_temporary_repository_of_a_killed_serve_is_removed_by_the_next_start
                            capture_output=True, text=True)
     assert again.returncode == 1
     for p in dead:
-        assert f"removed {p}, a temporary folder of a pixdeploy serve that was killed" in again.stderr
+        assert f"removed {p}, a temporary folder of a pixdeploy command that was killed" in again.stderr
         assert not p.exists()
     assert all(p.is_dir() for p in others)
     assert [p.name for p in tmp.iterdir() if p not in others] == []  # the refused start left nothing either

@@ -117,7 +117,7 @@ def test_second_run_reuses_the_cache_and_cpu_int8_passes(int8_bundle, digit_imag
     def no_recompute(*a, **k):
         raise AssertionError("ranges were measured again")
 
-    monkeypatch.setattr("pixdeploy.export.quantize.measure_ranges", no_recompute)
+    monkeypatch.setattr("pixdeploy.export.int8.measure_ranges", no_recompute)
     other = path.parent / "other"
     shutil.copytree(path, other)
     lines = []
@@ -306,7 +306,7 @@ def test_every_variant_keeps_its_bundles_ir_version_and_operator_table(tiny_chec
     10.3's parser reads IR 10), and fits the 10.3 operator table with its data types."""
     import onnx
     from pixdeploy.export.bundle import export_bundle
-    from pixdeploy.export.quantize import VARIANTS, make_graphs
+    from pixdeploy.export.quantize import VARIANTS, Job, QuantizeOptions, make_graphs
     from pixdeploy.export.trt_support import unsupported
 
     from pixdeploy.checkpoint import Checkpoint
@@ -314,8 +314,9 @@ def test_every_variant_keeps_its_bundles_ir_version_and_operator_table(tiny_chec
     bundle, _ = export_bundle(tiny_checkpoint, tmp_path / "b", target="tensorrt-10.3", echo=lambda *_: None)
     out = tmp_path / "int8"
     out.mkdir()
-    make_graphs(bundle, VARIANTS[("int8", "tensorrt")], Checkpoint(tiny_checkpoint).load_model(), out,
-                calibration.calibration_images(None, 2), None, lambda *_: None)
+    job = Job(bundle, VARIANTS[("int8", "tensorrt")], QuantizeOptions(), Checkpoint(tiny_checkpoint).load_model(),
+              lambda *_: None, calibration.calibration_images(None, 2), [])
+    make_graphs(job, out)
     for g in ("image_encoder", "decoder"):
         proto = onnx.load(str(out / f"{g}.onnx"))
         assert proto.ir_version == 10 == onnx.load(str(bundle.graph_path(g))).ir_version
@@ -387,7 +388,7 @@ def test_a_rigged_measurement_picks_the_fastest_scheme(cpu_copy, digit_images_mo
 
 def test_a_scheme_failing_parity_is_not_chosen(cpu_copy, digit_images_module, monkeypatch):
     from onnx import numpy_helper as nh
-    from pixdeploy.export import quantize as q
+    from pixdeploy.export import cpu_schemes as q
 
     real = q.make_cpu_scheme
     broken = q.CpuScheme("broken-weights", "weights negated", False, {"reduce_range": False})

@@ -282,55 +282,95 @@ def is_engine_dir(path: Path) -> bool:
         return False
 
 
-def build_engines(bundle_path, *, variant: str | None = None, max_batch: int = 4, workspace: int | None = None,
-                  timing_cache: Path | None = None, version_compatible: bool = False, plugins: tuple = (),
-                  out: Path | None = None, force: bool = False, echo=print) -> Path:
-    """Build both graphs of a bundle variant into ``bundle/engines/<gpu>-trt<version>-<variant>/`` (recorded in
-    the manifest, so fp32 and int8 sets for one GPU and TensorRT live side by side) or into ``out``. Returns
-    the folder."""
+@dataclass(frozen=True)
+class EngineBuildOptions:
+    """What `build_engines` takes beyond the bundle: the options of `pixdeploy build-engine`."""
+
+    variant: str | None = None  # default: the bundle's own graphs (fp32)
+    max_batch: int = 4  # largest batch of images / sequences the engines accept
+    workspace: int | None = None  # bytes; default: TensorRT's
+    timing_cache: Path | None = None  # default: one per GPU and TensorRT (`default_timing_cache`)
+    version_compatible: bool = False  # engines later TensorRT releases can load
+    plugins: tuple = ()  # plugin libraries that may claim the custom ops
+    out: Path | None = None  # default: BUNDLE/engines/<gpu>-trt<version>-<variant>/, listed in the manifest
+    force: bool = False  # replace an engine folder built before
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    """One build, planned and checked before TensorRT builds anything: what every graph's build shares."""
+
+    bundle: Bundle
+    options: EngineBuildOptions
+    graph_files: dict  # graph -> the ONNX file it is built from
+    precision: str  # the variant's
+    settings: BuildSettings
+    engine_set: EngineSet  # what the manifest records (the variant, TensorRT, GPU, batch, plugins)
+    folder: Path
+    timing_cache: Path
+
+
+def plan_build(bundle_path, options: EngineBuildOptions, echo=print) -> tuple[EngineBuild, object]:
+    """Every check and choice of a build, in the order that refuses cheapest first: the variant's graphs, then
+    TensorRT, the target and plugins, the GPU, the settings. -> (the build, the TensorRT module)."""
     bundle = Bundle(bundle_path)
-    variant = variant or DEFAULT_VARIANT
+    variant = options.variant or DEFAULT_VARIANT
     graph_files = {g: bundle.graph_path(g, variant) for g in GRAPHS}  # refuses an unknown variant
     check_graphs_load(bundle, variant)
-    precision = str(bundle.variant(variant).get("precision", "?"))
     trt = import_tensorrt()
     trt_version = trt.__version__
-    preflight(bundle, trt_version, list(plugins), echo)
+    preflight(bundle, trt_version, list(options.plugins), echo)
     gpu, cc = gpu_identity()
     name = engine_set_name(gpu_slug(gpu), trt_version, variant)
-    in_bundle = out is None
-    folder = Path(out) if out else bundle.path / ENGINES_DIR / name
-    timing_cache = Path(timing_cache) if timing_cache else default_timing_cache(gpu, trt_version)
+    timing_cache = Path(options.timing_cache) if options.timing_cache else default_timing_cache(gpu, trt_version)
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    settings = build_settings(trt_version, workspace=workspace, version_compatible=version_compatible,
-                              plugins=bool(plugins))
+    settings = build_settings(trt_version, workspace=options.workspace, version_compatible=options.version_compatible,
+                              plugins=bool(options.plugins))
     if gating_problems(settings):
         raise PixdeployError(f"TensorRT {trt_version} lacks {', '.join(gating_problems(settings))}")
-    engine_set = EngineSet(name, variant, trt_version, gpu, cc, bundle.export_target, max_batch,
-                           version_compatible, tuple(Path(p).name for p in plugins),
+    engine_set = EngineSet(name, variant, trt_version, gpu, cc, bundle.export_target, options.max_batch,
+                           options.version_compatible, tuple(Path(p).name for p in options.plugins),
                            {g: f"{ENGINES_DIR}/{name}/{g}.engine" for g in GRAPHS})
-    index = {"format": ENGINE_SET_FORMAT, **engine_set.to_dict(), "engines": {}}
-    with staged_dir(folder, replace=force, what="pixdeploy engine folder", is_replaceable=is_engine_dir,
+    folder = Path(options.out) if options.out else bundle.path / ENGINES_DIR / name
+    return EngineBuild(bundle, options, graph_files, bundle.variant(variant).precision, settings, engine_set,
+                       folder, timing_cache), trt
+
+
+def build_engines(bundle_path, options: EngineBuildOptions = EngineBuildOptions(), *, echo=print) -> Path:
+    """Build both graphs of a bundle variant into ``bundle/engines/<gpu>-trt<version>-<variant>/`` (recorded in
+    the manifest, so fp32 and int8 sets for one GPU and TensorRT live side by side) or into ``options.out``.
+    Returns the folder."""
+    build, trt = plan_build(bundle_path, options, echo)
+    index = {"format": ENGINE_SET_FORMAT, **build.engine_set.to_dict(), "engines": {}}
+    with staged_dir(build.folder, replace=options.force, what="pixdeploy engine folder", is_replaceable=is_engine_dir,
                     echo=echo) as tmp:
-        for graph, onnx_path in tqdm(graph_files.items(), desc="engines", unit="engine", file=sys.stderr):
-            profiles = derive_profiles(graph, bundle.graphs[graph], bundle.config, max_batch)
-            echo(f"building {graph} of {variant} ({', '.join(p.name for p in profiles)}) with TensorRT "
-                 f"{trt_version} on {gpu}")
-            plan, network = build_graph(onnx_path, settings, profiles, timing_cache, list(plugins), trt)
-            layers = engine_layers(plan, trt)
-            header = {"tensorrt": trt_version, "gpu": gpu, "compute_capability": cc, "graph": graph,
-                      "variant": variant, "precision": precision, "profiles": [p.to_dict() for p in profiles],
-                      "max_batch": max_batch, "source_sha256": sha256(onnx_path),
-                      "producer": f"pixdeploy {__version__}",
-                      "version_compatible": version_compatible, "settings": settings.to_dict(),
-                      "plugins": list(engine_set.plugins), "plugin_layers": network["plugin_layers"]}
-            write_engine(tmp / f"{graph}.engine", header, plan)
-            (tmp / f"{graph}.layers.json").write_text(json.dumps(layers, indent=1), encoding="utf-8")
-            index["engines"][graph] = {"file": f"{graph}.engine", "plugin_layers": network["plugin_layers"]}
-            echo(f"  {graph}: {len(plan) / 1e6:.1f} MB, {len(layers)} engine layers, "
-                 + (f"plugins ran for {len(network['plugin_layers'])} node(s)" if network["plugin_layers"]
-                    else "custom ops ran as their function bodies"))
+        for graph in tqdm(build.graph_files, desc="engines", unit="engine", file=sys.stderr):
+            index["engines"][graph] = build_engine_file(build, graph, tmp, trt, echo)
         (tmp / ENGINE_SET).write_text(json.dumps(index, indent=2), encoding="utf-8")
-    if in_bundle:
-        add_engine_set(bundle.path, engine_set, folder, echo)
-    return folder
+    if options.out is None:
+        add_engine_set(build.bundle.path, build.engine_set, build.folder, echo)
+    return build.folder
+
+
+def build_engine_file(build: EngineBuild, graph: str, folder: Path, trt, echo=print) -> dict:
+    """``graph``'s engine (header + plan) and its layer list into ``folder``; returns its entry in the folder's
+    index."""
+    es = build.engine_set
+    profiles = derive_profiles(graph, build.bundle.graphs[graph], build.bundle.config, es.max_batch)
+    echo(f"building {graph} of {es.variant} ({', '.join(p.name for p in profiles)}) with TensorRT "
+         f"{es.tensorrt} on {es.gpu}")
+    onnx_path = build.graph_files[graph]
+    plan, network = build_graph(onnx_path, build.settings, profiles, build.timing_cache,
+                                list(build.options.plugins), trt)
+    layers = engine_layers(plan, trt)
+    header = {"tensorrt": es.tensorrt, "gpu": es.gpu, "compute_capability": es.compute_capability, "graph": graph,
+              "variant": es.variant, "precision": build.precision, "profiles": [p.to_dict() for p in profiles],
+              "max_batch": es.max_batch, "source_sha256": sha256(onnx_path), "producer": f"pixdeploy {__version__}",
+              "version_compatible": es.version_compatible, "settings": build.settings.to_dict(),
+              "plugins": list(es.plugins), "plugin_layers": network["plugin_layers"]}
+    write_engine(folder / f"{graph}.engine", header, plan)
+    (folder / f"{graph}.layers.json").write_text(json.dumps(layers, indent=1), encoding="utf-8")
+    echo(f"  {graph}: {len(plan) / 1e6:.1f} MB, {len(layers)} engine layers, "
+         + (f"plugins ran for {len(network['plugin_layers'])} node(s)" if network["plugin_layers"]
+            else "custom ops ran as their function bodies"))
+    return {"file": f"{graph}.engine", "plugin_layers": network["plugin_layers"]}

@@ -49,18 +49,18 @@ def build_engine(bundle, variant, max_batch, workspace, timing_cache, version_co
                  check, compute_capabilities, json_out):
     """Build TensorRT engines from a bundle, for the GPU and TensorRT of this machine (or, with --check, ask
     NVIDIA's parser and builder about every graph on a machine without a GPU)."""
-    from pixdeploy.export.engine import NoTensorRT, build_engines
+    from pixdeploy.export.engine import EngineBuildOptions, NoTensorRT, build_engines
 
     if (compute_capabilities or json_out) and not check:
         raise PixdeployError("--compute-capability and --json are for --check")
     if check:
         _check(bundle, variant, max_batch, compute_capabilities, json_out)
         return
+    options = EngineBuildOptions(variant=variant, max_batch=max_batch,
+                                 workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
+                                 version_compatible=version_compatible, plugins=tuple(plugins), out=out, force=force)
     try:
-        folder = build_engines(bundle, variant=variant, max_batch=max_batch,
-                               workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
-                               version_compatible=version_compatible, plugins=tuple(plugins), out=out, force=force,
-                               echo=lambda line: echo_line(line, err=True))
+        folder = build_engines(bundle, options, echo=lambda line: echo_line(line, err=True))
     except NoTensorRT as e:
         _verdict_instead(bundle, variant, max_batch)
         raise PixdeployError(f"no engine was built for {bundle}: {e}") from None

@@ -160,7 +160,7 @@ def test_engines_answer_as_onnxruntime(tiny_checkpoint, tmp_path):
     """Export for this TensorRT, build, and run the parity gate through the TensorRT backend."""
     import tensorrt
     from pixdeploy.export.bundle import export_bundle
-    from pixdeploy.export.engine import build_engines
+    from pixdeploy.export.engine import EngineBuildOptions, build_engines
     from pixdeploy.export.parity import check_parity, default_parity_images
     from pixdeploy.export.profiles import profile_for_tensorrt
     from pixdeploy.runtime import Pipeline
@@ -169,11 +169,47 @@ def test_engines_answer_as_onnxruntime(tiny_checkpoint, tmp_path):
 
     target = profile_for_tensorrt(tensorrt.__version__).name
     bundle, _ = export_bundle(tiny_checkpoint, tmp_path / "b", target=target, echo=lambda *_: None)
-    folder = build_engines(bundle.path, max_batch=4, echo=lambda *_: None)
+    folder = build_engines(bundle.path, EngineBuildOptions(max_batch=4), echo=lambda *_: None)
     assert (folder / "decoder.engine").is_file() and Bundle(bundle.path).engine_sets()
     result = check_parity(Checkpoint(tiny_checkpoint).load_model(), Pipeline.load(bundle.path, backend="tensorrt"),
                           default_parity_images()[:4], steps=8)
     assert result, result.table()
+
+
+def test_a_build_records_what_it_built(tiny_bundle, tmp_path, monkeypatch):
+    """build_engines end to end with TensorRT's own calls faked (no GPU here): each graph is built with its
+    profiles and the timing cache asked for, and the engine headers, the folder's index and the manifest's record
+    describe the same build (the bundle's own engine check holds the headers to the record)."""
+    from types import SimpleNamespace
+
+    from pixdeploy.export import engine
+
+    b = bundle_with_profile(tiny_bundle, tmp_path / "b", "tensorrt-10.15")
+    monkeypatch.setattr(engine, "import_tensorrt", lambda: SimpleNamespace(__version__="10.15.1.29"))
+    monkeypatch.setattr(engine, "gpu_identity", lambda: ("NVIDIA H200", "9.0"))
+    built = []
+
+    def build_graph(onnx_path, settings, profiles, timing_cache, plugins, trt):
+        built.append((onnx_path.name, [p.name for p in profiles], timing_cache, settings.config["workspace"]))
+        return f"plan of {onnx_path.name}".encode(), {"network_layers": 1, "plugin_layers": []}
+
+    monkeypatch.setattr(engine, "build_graph", build_graph)
+    monkeypatch.setattr(engine, "engine_layers", lambda plan, trt: [{"Name": "only"}])
+    cache = tmp_path / "timing" / "t.cache"
+    options = engine.EngineBuildOptions(max_batch=2, workspace=1 << 30, timing_cache=cache)
+    folder = engine.build_engines(b.path, options, echo=lambda *_: None)
+    assert built == [("image_encoder.onnx", ["images"], cache, 1 << 30),
+                     ("decoder.onnx", ["prefill", "decode"], cache, 1 << 30)]
+    again = Bundle(b.path)
+    (chosen,) = again.engine_sets()
+    assert folder == b.path / "engines" / chosen.name and chosen.variant == "fp32" and chosen.max_batch == 2
+    headers = again.engine_headers(chosen)  # raises when a header disagrees with the record or the graphs
+    assert all(h["settings"]["decomposable_attention"] and h["producer"].startswith("pixdeploy ")
+               for h in headers.values())
+    index = json.loads((folder / engine.ENGINE_SET).read_text())
+    assert index["format"] == engine.ENGINE_SET_FORMAT and index["max_batch"] == 2
+    assert sorted(index["engines"]) == ["decoder", "image_encoder"]
+    assert json.loads((folder / "decoder.layers.json").read_text()) == [{"Name": "only"}]
 
 
 def test_engine_folder_is_listed_in_the_manifest_and_the_bundle_still_verifies(tiny_bundle, tmp_path,

@@ -87,12 +87,14 @@ def encoder_feeds(pipeline, images: list) -> Iterator[dict]:
 def decoder_feeds(pipeline, images: list, steps: int = DECODE_STEPS) -> Iterator[dict]:
     """The decoder inputs of a prefill and ``steps`` greedy decode steps per batch, run on fp32."""
     from pixdeploy.runtime.pipeline import Pipeline
+    from pixdeploy.runtime.sampling import Sampling
 
     recorder = _Recording(pipeline.decoder)
     recording = Pipeline.from_runners(pipeline.bundle, pipeline.encoder, recorder, pipeline.variant)
+    greedy = Sampling(max_new_tokens=steps + 1, stop=None)
     for chunk in batches(images):
         embeddings = recording.embed(chunk)
-        for _ in recording.decode_steps(embeddings, recording.prompt_ids(), max_new_tokens=steps + 1, stop=None):
+        for _ in recording.decode_steps(embeddings, recording.prompt_ids(), greedy):
             pass
         yield from recorder.feeds
         recorder.feeds = []

@@ -20,7 +20,9 @@ class ParityError(PixdeployError):
 @torch.no_grad()
 def check_parity(model, pipeline, images: list, precision: str = "fp32", steps: int = 32) -> ParityResult:
     """Compare a loaded bundle (``pipeline``) with the PyTorch ``model`` on ``images`` (files or Pillow)."""
-    from pixdeploy.generation import Sampling, generate, prefill
+    from pixdeploy.runtime.sampling import Sampling
+
+    from pixdeploy.generation import generate, prefill
 
     if precision not in THRESHOLDS:
         raise PixdeployError(f"no parity thresholds for precision {precision!r}")
@@ -44,9 +46,10 @@ def check_parity(model, pipeline, images: list, precision: str = "fp32", steps: 
     # (all `steps` when it never stops). Tokens after `</s>` are never shown and, past what the model
     # was trained on, sit in near-ties that any rounding flips; they are still counted, for the record,
     # in greedy_token_agreement.
-    ref = torch.stack(list(generate(model, tokens, torch.from_numpy(rgb), torch.from_numpy(sizes),
-                                    Sampling(max_new_tokens=steps, stop=None))), 1).numpy()
-    got = np.stack(list(pipeline.decode_steps(got_embed, ids, max_new_tokens=steps, stop=None)), 1)
+    greedy = Sampling(max_new_tokens=steps, stop=None)  # one record: both sides run the same settings
+    ref = torch.stack(list(generate(model, tokens, torch.from_numpy(rgb), torch.from_numpy(sizes), greedy)),
+                      1).numpy()
+    got = np.stack(list(pipeline.decode_steps(got_embed, ids, greedy)), 1)
     match = answer_match(got, ref)
 
     result = ParityResult(precision, len(rgb), steps, stats={"embeddings": e, "prefill_logits": lg,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pixdeploy.runtime.sampling import Sampling
 from tqdm import tqdm
 
 from pixdeploy.errors import PixdeployError
@@ -230,8 +231,10 @@ def bundle_cases(pipe, images: np.ndarray, sizes: np.ndarray, stages: Sequence[s
         if "generate" in stages:
             n = min(new_tokens, pipe.cfg.max_seq_len - len(ids))
 
-            def gen(imgs=imgs, szs=szs, ids=ids, n=n):
-                for _ in pipe.decode_steps(pipe.embed_letterboxed(imgs, szs), ids, max_new_tokens=n, stop=None):
+            fixed = Sampling(max_new_tokens=n, stop=None)  # every call does the same work
+
+            def gen(imgs=imgs, szs=szs, ids=ids, fixed=fixed):
+                for _ in pipe.decode_steps(pipe.embed_letterboxed(imgs, szs), ids, fixed):
                     pass
 
             cases.append(Case("generate", b, None, b, b * n, {"images": imgs, "sizes": szs, "ids": ids,

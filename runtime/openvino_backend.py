@@ -259,6 +259,8 @@ def check_bf16(candidate, reference, gate_images=None) -> dict:
     """The bf16 gate: ``candidate`` (a `Pipeline` on OpenVINO bf16) against ``reference`` (one on onnxruntime, fp32
     compute, the same variant's graphs); raises `Bf16GateError` naming every failing figure, returns the checks
     otherwise."""
+    from pixdeploy.runtime.sampling import Sampling
+
     from pixdeploy.sample_images import sample_images
 
     try:
@@ -273,7 +275,7 @@ def check_bf16(candidate, reference, gate_images=None) -> dict:
     for name, pipe in (("ref", reference), ("got", candidate)):
         emb = pipe.embed_letterboxed(rgb, sizes)
         logits, _ = pipe.prefill(emb, ids)
-        tokens = np.stack(list(pipe.decode_steps(emb, ids, max_new_tokens=steps, stop=None)), 1)
+        tokens = np.stack(list(pipe.decode_steps(emb, ids, Sampling(max_new_tokens=steps, stop=None))), 1)
         outs[name] = (emb, logits, tokens)
     checks = gate_checks(outs["got"][:2], outs["ref"][:2], outs["got"][2], outs["ref"][2])
     failed = [f"{k}={v:.6f} (limit {lim:g})" for k, (v, lim, ok) in checks.items() if not ok]

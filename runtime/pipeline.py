@@ -19,9 +19,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from pixdeploy.runtime.backends import NP_TYPES, Runner, open_runners
 from pixdeploy.runtime.bundle import DEFAULT_VARIANT, Bundle
-from pixdeploy.runtime.sampling import check_sampling, sample
+from pixdeploy.runtime.sampling import GREEDY, Sampling, sample
 
-from pixdeploy.config import EOS_ID, IMAGE_SLOT
+from pixdeploy.config import IMAGE_SLOT
 from pixdeploy.errors import ContextLimitWarning, CpuClassWarning, PixdeployError
 from pixdeploy.folding import prepare_batch
 from pixdeploy.sequence import collect_until_stop, image_prompt
@@ -167,48 +167,48 @@ class Pipeline:
         embeds[:, arr == IMAGE_SLOT] = window_embeddings
         return embeds.astype(np.float32)
 
-    def token_steps(self, images: Sequence, prompt: str = "", *, max_new_tokens: int = 32,
-                    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                    stop: Sequence[int] | None = (EOS_ID,), seed: int = 0) -> Iterator[np.ndarray]:
-        """Yield (N,) word tokens per step; stops when every sequence hit a stop token (stop=None: never)."""
-        yield from self.decode_steps(self.embed(images), self.prompt_ids(prompt), max_new_tokens=max_new_tokens,
-                                     temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, seed=seed)
+    def token_steps(self, images: Sequence, prompt: str = "", sampling: Sampling = GREEDY) -> Iterator[np.ndarray]:
+        """Yield (N,) word tokens per step; stops when every sequence hit a stop token (``stop=None``: never)."""
+        yield from self.decode_steps(self.embed(images), self.prompt_ids(prompt), sampling)
 
-    def decode_steps(self, window_embeddings: np.ndarray, ids: list[int], *, max_new_tokens: int = 32,
-                     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                     stop: Sequence[int] | None = (EOS_ID,), seed: int = 0) -> Iterator[np.ndarray]:
+    def decode_steps(self, window_embeddings: np.ndarray, ids: list[int],
+                     sampling: Sampling = GREEDY) -> Iterator[np.ndarray]:
         """`token_steps` from window embeddings already computed and prompt ids already built."""
-        check_sampling(temperature, top_k, top_p, seed)
         logits, cache = self.prefill(window_embeddings, ids)
-        rng = np.random.default_rng(seed)
-        n = min(max_new_tokens, self.cfg.max_seq_len - len(ids))
-        if n < max_new_tokens:  # said, not silent: the caller asked for more than the context holds
+        rng = np.random.default_rng(sampling.seed)
+        asked = sampling.max_new_tokens
+        n = min(asked, self.cfg.max_seq_len - len(ids))
+        if n < asked:  # said, not silent: the caller asked for more than the context holds
             warnings.warn(ContextLimitWarning(
                 f"the context holds {self.cfg.max_seq_len} tokens and the prompt takes {len(ids)}: generating "
-                f"at most {n} of the {max_new_tokens} new tokens asked for"), stacklevel=2)
+                f"at most {n} of the {asked} new tokens asked for"), stacklevel=2)
         done = np.zeros(len(logits), dtype=bool)
+        stop = list(sampling.stop or ())
         for i in range(n):
-            nxt = sample(logits[:, : self.cfg.text_vocab], temperature, top_k, top_p, rng)
+            nxt = sample(logits[:, : self.cfg.text_vocab], sampling.temperature, sampling.top_k, sampling.top_p, rng)
             yield nxt
-            done |= np.isin(nxt, list(stop or ()))
+            done |= np.isin(nxt, stop)
             if done.all() or i == n - 1:
                 return
             logits, cache = self._step(self.text_embeddings[nxt][:, None], len(ids) + i, cache)
 
-    def generate_batch(self, images: Sequence, prompt: str = "", **kwargs) -> list[str]:
-        out = collect_until_stop(self.token_steps(images, prompt, **kwargs), len(images),
-                                 kwargs.get("stop", (EOS_ID,)))
+    def generate_batch(self, images: Sequence, prompt: str = "", **sampling) -> list[str]:
+        """One caption per image; ``sampling``: `Sampling`'s fields (max_new_tokens, temperature, top_k, top_p,
+        stop, seed)."""
+        how = Sampling(**sampling)
+        out = collect_until_stop(self.token_steps(images, prompt, how), len(images), how.stop)
         return [self.tokenizer.decode(o) for o in out]
 
-    def generate(self, image, prompt: str = "", **kwargs) -> str:
-        return self.generate_batch([image], prompt, **kwargs)[0]
+    def generate(self, image, prompt: str = "", **sampling) -> str:
+        return self.generate_batch([image], prompt, **sampling)[0]
 
-    def stream(self, image, prompt: str = "", **kwargs) -> Iterator[str]:
+    def stream(self, image, prompt: str = "", **sampling) -> Iterator[str]:
         """Yield text as it is generated (decoded incrementally, so multi-byte characters stay whole)."""
-        stop = set(kwargs.get("stop", (EOS_ID,)) or ())
+        how = Sampling(**sampling)
+        stop = set(how.stop or ())
         ids: list[int] = []
         shown = ""
-        for step in self.token_steps([image], prompt, **kwargs):
+        for step in self.token_steps([image], prompt, how):
             t = int(step[0])
             if t in stop:
                 break

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from pixdeploy.config import EOS_ID
 from pixdeploy.errors import PixdeployError
 
 MAX_SEED = 2**63 - 1  # numpy's generators take seeds 0..2**63-1 here (a negative one raises deep inside)
@@ -21,6 +24,25 @@ def check_sampling(temperature: float, top_k: int, top_p: float, seed: int = 0) 
         raise PixdeployError(f"top_p must be in (0, 1], got {top_p!r}")
     if not isinstance(top_k, (int, np.integer)) or top_k < 0:
         raise PixdeployError(f"top_k must be an integer >= 0, got {top_k!r}")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How generation picks each token and when it stops: temperature 0 is greedy (top_k and top_p then unused);
+    ``stop=None`` runs all ``max_new_tokens`` (fewer where the context ends first). Checked when made."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop: Sequence[int] | None = (EOS_ID,)
+    seed: int = 0
+
+    def __post_init__(self):
+        check_sampling(self.temperature, self.top_k, self.top_p, self.seed)
+
+
+GREEDY = Sampling()
 
 
 def sample(logits: np.ndarray, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,

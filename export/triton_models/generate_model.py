@@ -29,6 +29,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from pixdeploy.runtime.backends import Runner, declared_inputs  # noqa: E402
 from pixdeploy.runtime.bundle import Bundle  # noqa: E402
 from pixdeploy.runtime.pipeline import Pipeline  # noqa: E402
+from pixdeploy.runtime.sampling import Sampling  # noqa: E402
 
 from pixdeploy.config import EOS_ID  # noqa: E402
 from pixdeploy.errors import PixdeployError  # noqa: E402
@@ -180,5 +181,6 @@ class TritonPythonModel:
         """`Pipeline.generate_batch` for images already letterboxed one by one."""
         rgb = np.concatenate([m[1] for m in members])
         sizes = np.concatenate([m[2] for m in members])
-        steps = self.pipe.decode_steps(self.pipe.embed_letterboxed(rgb, sizes), self.pipe.prompt_ids(prompt), **kw)
+        steps = self.pipe.decode_steps(self.pipe.embed_letterboxed(rgb, sizes), self.pipe.prompt_ids(prompt),
+                                      Sampling(**kw))
         return [self.pipe.tokenizer.decode(ids) for ids in collect_until_stop(steps, len(members), (EOS_ID,))]

@@ -54,11 +54,13 @@ def golden_images() -> list:
 
 def answers(pipe) -> dict[str, np.ndarray]:
     """What a bundle answers on the golden images: embeddings, prefill logits, greedy tokens."""
+    from pixdeploy.runtime.sampling import Sampling
+
     rgb, sizes = pipe.preprocess(golden_images())
     emb = pipe.embed_letterboxed(rgb, sizes)
     ids = pipe.prompt_ids()
     logits, _ = pipe.prefill(emb, ids)
-    tokens = np.stack(list(pipe.decode_steps(emb, ids, max_new_tokens=STEPS, stop=None)), 1)
+    tokens = np.stack(list(pipe.decode_steps(emb, ids, Sampling(max_new_tokens=STEPS, stop=None))), 1)
     return {"embeddings": emb, "prefill_logits": logits, "greedy_tokens": tokens}
 
 

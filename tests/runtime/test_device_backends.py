@@ -11,6 +11,7 @@ import pytest
 from pixdeploy.runtime import Bundle, Pipeline
 from pixdeploy.runtime.backends import open_session
 from pixdeploy.runtime.onnxruntime_backend import OnnxRuntimeBoundRunner
+from pixdeploy.runtime.sampling import Sampling
 
 from pixdeploy.errors import PixdeployError
 
@@ -25,8 +26,8 @@ def test_io_binding_keeps_the_cache_as_device_values_and_answers_the_same(tiny_b
     logits, cache = bound.prefill(emb, ids)
     assert all(isinstance(v, ort.OrtValue) for v in cache.values())  # never copied out as numpy
     np.testing.assert_array_equal(logits, plain.prefill(emb, ids)[0])
-    want = np.stack(list(plain.decode_steps(emb, ids, max_new_tokens=6, stop=None)), 1)
-    got = np.stack(list(bound.decode_steps(emb, ids, max_new_tokens=6, stop=None)), 1)
+    want = np.stack(list(plain.decode_steps(emb, ids, Sampling(max_new_tokens=6, stop=None))), 1)
+    got = np.stack(list(bound.decode_steps(emb, ids, Sampling(max_new_tokens=6, stop=None))), 1)
     np.testing.assert_array_equal(got, want)
 
 

@@ -6,13 +6,12 @@ colour token fed back would need the image block. Sequences in a batch share one
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import torch
 
-from pixdeploy.config import EOS_ID
 from pixdeploy.model import PixTokenLM
+from pixdeploy.runtime.sampling import GREEDY, Sampling  # one record for this loop and the runtime's
 from pixdeploy.sequence import collect_until_stop, image_prompt
 
 
@@ -47,22 +46,6 @@ def decode_one(model: PixTokenLM, token: torch.Tensor, pos: int, cache):
     x = model.embed(token[:, None])
     h, cache = model.decode(x, cache, torch.tensor([pos], device=token.device))
     return model.logits(h[:, -1]), cache
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How `generate` picks tokens and when it stops. temperature 0 is greedy (top_k and top_p then unused);
-    ``stop=None`` runs all ``max_new_tokens`` (fewer when the sequence would pass the model's context)."""
-
-    max_new_tokens: int = 32
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    stop: Sequence[int] | None = (EOS_ID,)
-    seed: int = 0
-
-
-GREEDY = Sampling()
 
 
 @torch.no_grad()

@@ -28,8 +28,9 @@ def check_sampling(temperature: float, top_k: int, top_p: float, seed: int = 0) 
 
 @dataclass(frozen=True)
 class Sampling:
-    """How generation picks each token and when it stops: temperature 0 is greedy (top_k and top_p then unused);
-    ``stop=None`` runs all ``max_new_tokens`` (fewer where the context ends first). Checked when made."""
+    """How generation picks each token and when it stops, for the runtime's loop and PyTorch's reference
+    (`pixdeploy.generation.generate`) alike: temperature 0 is greedy (top_k and top_p then unused); ``stop=None``
+    runs all ``max_new_tokens`` (fewer where the context ends first). Checked when made."""
 
     max_new_tokens: int = 32
     temperature: float = 0.0

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.http as httpclient
 from PIL import Image
-from pixdeploy.export.triton import write_repository
+from pixdeploy.export.triton import RepositoryOptions, write_repository
 from pixdeploy.runtime import Pipeline
 from pixdeploy.runtime.serve import TritonServer, free_port
 
@@ -77,8 +77,8 @@ def main():
     images = photos(args.requests)
     pipe = Pipeline.load(args.bundle, device="cpu")
     with tempfile.TemporaryDirectory() as d:
-        repo = write_repository(args.bundle, Path(d) / "repo", backend="python", instances=args.instances,
-                                echo=lambda *_: None)
+        repo = write_repository(args.bundle, Path(d) / "repo",
+                                RepositoryOptions(backend="python", instances=args.instances), echo=lambda *_: None)
         with TritonServer(repo, http_port=free_port(), grpc_port=free_port()) as server:
             server.wait_ready(180)
             run_clients(server.http_url, images[:4], args.tokens, 1)  # warm-up: sessions, first requests

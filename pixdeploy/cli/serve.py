@@ -31,10 +31,11 @@ from pixdeploy.errors import PixdeployError
 @click.option("--force", is_flag=True, help="Replace an existing repository written by pixdeploy.")
 def triton(bundle, out, backend, max_batch, instances, variant, engines, force):
     """Write a Triton model repository for a bundle."""
-    from pixdeploy.export.triton import write_repository
+    from pixdeploy.export.triton import RepositoryOptions, write_repository
 
-    write_repository(bundle, out, backend=backend, max_batch=max_batch, instances=instances, variant=variant,
-                     engines=engines, force=force, echo=lambda m: say(m, err=True))
+    options = RepositoryOptions(backend=backend, max_batch=max_batch, instances=instances, variant=variant,
+                                engines=engines, force=force)
+    write_repository(bundle, out, options, echo=lambda m: say(m, err=True))
     say(f"{out}: Triton model repository (image_encoder, decoder, pixdeploy [streaming], "
         f"pixdeploy_generate), backend {backend}, variant {variant}")
 

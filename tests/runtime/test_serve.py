@@ -29,7 +29,7 @@ try:
 except Exception as e:  # noqa: BLE001 - any reason the server cannot run here is a skip reason
     pytest.skip(f"no Triton server here: {str(e).splitlines()[0]}", allow_module_level=True)
 
-from pixdeploy.export.triton import write_repository  # noqa: E402
+from pixdeploy.export.triton import RepositoryOptions, write_repository  # noqa: E402
 from pixdeploy.runtime import Pipeline  # noqa: E402
 from pixdeploy.runtime.serve import TritonServer, free_port  # noqa: E402
 
@@ -57,8 +57,8 @@ def pipe(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle, tmp_path_factory):
-    repo = write_repository(tiny_bundle, tmp_path_factory.mktemp("triton") / "repo", backend="python",
-                            max_batch=8, instances=2, echo=lambda *_: None)
+    repo = write_repository(tiny_bundle, tmp_path_factory.mktemp("triton") / "repo",
+                            RepositoryOptions(backend="python", max_batch=8, instances=2), echo=lambda *_: None)
     log = open(repo.parent / "server.log", "w")
     with TritonServer(repo, http_port=free_port(), grpc_port=free_port(), log=log) as s:
         s.wait_ready(120)

@@ -208,10 +208,9 @@ def decoder_report(iters: int, variants: list[str]) -> dict:
         save_checkpoint(ck, PixTokenLM(cfg).state_dict(), cfg, tok, step=0)
         bundle, _ = export_bundle(ck, Path(d) / "bundle", echo=lambda *_: None)
         for variant in variants:
-            out[variant] = rb.run_bench(bundle.path, variant=variant, device="cpu",
-                                        stages=("prefill", "decode", "generate"), batches=(1, 8),
-                                        contexts=(32, 128, 256, 512), new_tokens=32, iters=iters,
-                                        baseline=eager_baseline(ck, device="cpu"),
+            options = rb.BenchOptions(variant=variant, device="cpu", stages=("prefill", "decode", "generate"),
+                                      batches=(1, 8), contexts=(32, 128, 256, 512), new_tokens=32, iters=iters)
+            out[variant] = rb.run_bench(bundle.path, options, baseline=eager_baseline(ck, device="cpu"),
                                         show_progress=True)
         out["cached_vs_recompute_at_256"] = cached_vs_recompute(bundle.path, iters)
         out["decode_paths_b1_ctx256"] = decode_paths(bundle.path, iters, Path(d))

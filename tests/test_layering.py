@@ -18,7 +18,9 @@ LAZY_ALLOWED = {
 TORCH_FREE_ROOTS = ("pixdeploy.runtime", "pixdeploy.runtime.pipeline", "pixdeploy.runtime.bundle",
                     "pixdeploy.runtime.openvino_backend", "pixdeploy.cpu", "pixdeploy.runtime.backends",
                     "pixdeploy.runtime.tensorrt_backend", "pixdeploy.runtime.onnxruntime_backend",
-                    "pixdeploy.runtime.bench", "pixdeploy.runtime.serve", "pixdeploy.runtime.engine_header")
+                    "pixdeploy.runtime.bench", "pixdeploy.runtime.bench_report", "pixdeploy.runtime.machine_facts",
+                    "pixdeploy.runtime.timing", "pixdeploy.runtime.sampling", "pixdeploy.runtime.serve",
+                    "pixdeploy.runtime.engine_header")
 
 
 def source(module: str) -> Path | None:

@@ -85,7 +85,7 @@ def bench(bundle, variant, backend, inference_precision, device, plugins, allow_
     """Time a bundle stage by stage: p50/p90/p99, throughput, peak memory; ratios to PyTorch eager with --baseline."""
     from pixdeploy.cli.run import backend_options
     from pixdeploy.files import check_not_inside, staged_file
-    from pixdeploy.runtime.bench import STAGES, compare, compare_table, read_report, run_bench, table
+    from pixdeploy.runtime.bench import STAGES, BenchOptions, compare, compare_table, read_report, run_bench, table
 
     old = read_report(compare_with) if compare_with else None  # refuse a bad file before the long part
     if json_out is not None and (json_out.is_dir() or not json_out.parent.is_dir()):
@@ -96,13 +96,12 @@ def bench(bundle, variant, backend, inference_precision, device, plugins, allow_
             check_not_inside(json_out, baseline)
     if baseline is not None and not baseline.exists():
         raise PixdeployError(f"{baseline}: no such checkpoint")
-    report = run_bench(
-        bundle, variant=variant, backend=backend, device=device, stages=stages or STAGES,
-        batches=batches, contexts=contexts,
-        new_tokens=new_tokens, iters=iters, warmup=warmup,
-        images=image_list(image_paths) if image_paths else None, baseline=eager(baseline, device),
-        show_progress=True, backend_options=backend_options(backend, allow_host_code, plugins, inference_precision),
+    options = BenchOptions(
+        variant=variant, backend=backend, device=device, stages=stages or STAGES, batches=batches, contexts=contexts,
+        new_tokens=new_tokens, iters=iters, warmup=warmup, images=image_list(image_paths) if image_paths else None,
+        backend_options=backend_options(backend, allow_host_code, plugins, inference_precision),
     )
+    report = run_bench(bundle, options, baseline=eager(baseline, device), show_progress=True)
     click.echo(table(report))
     if json_out is not None:
         with staged_file(json_out, echo=lambda m: click.echo(printable(m), err=True)) as tmp:

@@ -295,11 +295,11 @@ def test_quantize_refuses_a_bad_calibration_cache_in_one_error_line(tiny_bundle,
 
 @pytest.fixture(scope="module")
 def bench_report(tiny_bundle, tiny_checkpoint) -> dict:
-    from pixdeploy.runtime.bench import run_bench
+    from pixdeploy.runtime.bench import BenchOptions, run_bench
 
     from pixdeploy.eager_baseline import eager_baseline
 
-    return run_bench(tiny_bundle, stages=("encoder",), batches=(1,), iters=5, warmup=1,
+    return run_bench(tiny_bundle, BenchOptions(stages=("encoder",), batches=(1,), iters=5, warmup=1),
                      baseline=eager_baseline(tiny_checkpoint))
 
 

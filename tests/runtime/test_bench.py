@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from pixdeploy.runtime.bench import EAGER, compare, interleaved, percentiles, run_bench, table
+from pixdeploy.runtime.bench import EAGER, BenchOptions, compare, interleaved, percentiles, run_bench, table
 
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import sha256
@@ -18,7 +18,7 @@ QUICK = dict(batches=(1, 2), iters=5, warmup=1, new_tokens=4)
 def report(tiny_bundle, tiny_checkpoint):
     from pixdeploy.eager_baseline import eager_baseline
 
-    return run_bench(tiny_bundle, baseline=eager_baseline(tiny_checkpoint), **QUICK)
+    return run_bench(tiny_bundle, BenchOptions(**QUICK), baseline=eager_baseline(tiny_checkpoint))
 
 
 def test_every_stage_and_batch_is_timed_against_eager(report, tiny_bundle):
@@ -85,15 +85,15 @@ def test_compare_flags_a_figure_past_the_margin(report):
 ])
 def test_clear_refusals(tiny_bundle, kwargs, message):
     with pytest.raises(PixdeployError, match=message):
-        run_bench(tiny_bundle, **{**QUICK, "stages": ("decode",), **kwargs})
+        run_bench(tiny_bundle, BenchOptions(**{**QUICK, "stages": ("decode",), **kwargs}))
 
 
 def test_bench_runs_without_torch(tiny_bundle, photo, tmp_path):
     photo.save(tmp_path / "photo.png")  # a runtime-only install has no scikit-learn sample images
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from pixdeploy.runtime.bench import run_bench\n"
-            f"r = run_bench({str(tiny_bundle)!r}, stages=('encoder', 'decode'), batches=(1,), iters=5, warmup=1, "
-            f"images=[{str(tmp_path / 'photo.png')!r}])\n"
+            "from pixdeploy.runtime.bench import BenchOptions, run_bench\n"
+            f"r = run_bench({str(tiny_bundle)!r}, BenchOptions(stages=('encoder', 'decode'), batches=(1,), iters=5, "
+            f"warmup=1, images=[{str(tmp_path / 'photo.png')!r}]))\n"
             "assert len(r['rows']) == 2 and 'torch' not in r['libraries']\n"
             "assert 'torch' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

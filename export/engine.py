@@ -49,8 +49,6 @@ from pixdeploy import __version__
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import sha256, staged_dir
 
-ENGINE_SET = "engines.json"  # the index that marks a folder as pixdeploy's engines (what --force may replace)
-ENGINE_SET_FORMAT = "pixdeploy-engines"
 INSTALL_TENSORRT = ("TensorRT is not installed: on x86, pip install tensorrt (NVIDIA's index, "
                     "--extra-index-url https://pypi.nvidia.com); on JetPack, sudo apt install python3-libnvinfer "
                     "and create the virtual environment with --system-site-packages")
@@ -276,9 +274,13 @@ def default_timing_cache(gpu: str, trt_version: str) -> Path:
 
 
 def is_engine_dir(path: Path) -> bool:
+    """A folder `build-engine` wrote (what --force may replace): an engine of each graph, each with a pixdeploy
+    header. The facts of a build live in those headers and the manifest's record, never in a third place."""
+    from pixdeploy.runtime.engine_header import read_header
+
     try:
-        return json.loads((path / ENGINE_SET).read_text(encoding="utf-8")).get("format") == ENGINE_SET_FORMAT
-    except (OSError, ValueError, AttributeError):
+        return all(read_header(Path(path) / f"{g}.engine") for g in GRAPHS)
+    except (OSError, PixdeployError):
         return False
 
 
@@ -341,20 +343,17 @@ def build_engines(bundle_path, options: EngineBuildOptions = EngineBuildOptions(
     the manifest, so fp32 and int8 sets for one GPU and TensorRT live side by side) or into ``options.out``.
     Returns the folder."""
     build, trt = plan_build(bundle_path, options, echo)
-    index = {"format": ENGINE_SET_FORMAT, **build.engine_set.to_dict(), "engines": {}}
     with staged_dir(build.folder, replace=options.force, what="pixdeploy engine folder", is_replaceable=is_engine_dir,
                     echo=echo) as tmp:
-        for graph in tqdm(build.graph_files, desc="engines", unit="engine", file=sys.stderr):
-            index["engines"][graph] = build_engine_file(build, graph, tmp, trt, echo)
-        (tmp / ENGINE_SET).write_text(json.dumps(index, indent=2), encoding="utf-8")
+        for graph in tqdm(build.graph_files, desc="building engines", unit="engine", file=sys.stderr):
+            build_engine_file(build, graph, tmp, trt, echo)
     if options.out is None:
         add_engine_set(build.bundle.path, build.engine_set, build.folder, echo)
     return build.folder
 
 
-def build_engine_file(build: EngineBuild, graph: str, folder: Path, trt, echo=print) -> dict:
-    """``graph``'s engine (header + plan) and its layer list into ``folder``; returns its entry in the folder's
-    index."""
+def build_engine_file(build: EngineBuild, graph: str, folder: Path, trt, echo=print) -> None:
+    """``graph``'s engine (header + plan) and its layer list into ``folder``."""
     es = build.engine_set
     profiles = derive_profiles(graph, build.bundle.graphs[graph], build.bundle.config, es.max_batch)
     echo(f"building {graph} of {es.variant} ({', '.join(p.name for p in profiles)}) with TensorRT "
@@ -373,4 +372,3 @@ def build_engine_file(build: EngineBuild, graph: str, folder: Path, trt, echo=pr
     echo(f"  {graph}: {len(plan) / 1e6:.1f} MB, {len(layers)} engine layers, "
          + (f"plugins ran for {len(network['plugin_layers'])} node(s)" if network["plugin_layers"]
             else "custom ops ran as their function bodies"))
-    return {"file": f"{graph}.engine", "plugin_layers": network["plugin_layers"]}

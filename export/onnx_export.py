@@ -49,7 +49,8 @@ class GraphSpec:
         the names or the dtype."""
         return GraphSignature({k: TensorSpec(d, tuple(s)) for k, (d, s) in self.inputs.items()},
                               {k: TensorSpec(d, tuple(s)) for k, (d, s) in self.outputs.items()},
-                              tuple(CachePair(p, q, self.inputs[p][0], tuple(self.inputs[p][1])) for p, q in self.cache),
+                              tuple(CachePair(p, q, self.inputs[p][0], tuple(self.inputs[p][1]))
+                                    for p, q in self.cache),
                               self.purpose)
 
     def to_dict(self) -> dict:

@@ -219,7 +219,7 @@ def repository_marker(plan: RepositoryPlan) -> dict:
     o = plan.options
     return {"format": REPOSITORY_FORMAT, "producer": f"pixdeploy {__version__}", "bundle": str(plan.bundle.path),
             "bundle_manifest_sha256": _manifest_digest(plan.bundle), "backend": o.backend, "variant": o.variant,
-            "engines": plan.engine_set.name if plan.engine_set else None, "max_batch": plan.max_batch,
+            "engine_set": plan.engine_set.name if plan.engine_set else None, "max_batch": plan.max_batch,
             "instances": o.instances, "models": [*GRAPHS, STREAM_MODEL, GENERATE_MODEL]}
 
 

@@ -60,10 +60,9 @@ def write_test_engine_set(bundle_path, *, gpu: str, tensorrt: str, cc: str, vari
     """An engine set as `build-engine` records it, with headers written here: real pixdeploy engine files whose
     plan bytes are a marker, not a TensorRT plan (no TensorRT here). Selection, checksums, Triton configs and
     every refusal before TensorRT deserializes read exactly these."""
-    import json
     from pathlib import Path
 
-    from pixdeploy.export.engine import ENGINE_SET, ENGINE_SET_FORMAT, derive_profiles
+    from pixdeploy.export.engine import derive_profiles
     from pixdeploy.runtime.bundle import ENGINES_DIR, GRAPHS, Bundle, EngineSet, add_engine_set, engine_set_name
     from pixdeploy.runtime.engine_header import gpu_slug, write_engine
 
@@ -82,7 +81,6 @@ def write_test_engine_set(bundle_path, *, gpu: str, tensorrt: str, cc: str, vari
                   "max_batch": max_batch, "source_sha256": sha256(b.graph_path(g, variant)), "producer": "test",
                   "version_compatible": version_compatible, "plugins": list(plugins), "plugin_layers": []}
         write_engine(folder / f"{g}.engine", header, f"plan of {g} {variant} for {gpu} {tensorrt}".encode())
-    (folder / ENGINE_SET).write_text(json.dumps({"format": ENGINE_SET_FORMAT, **record.to_dict()}))
     add_engine_set(bundle_path, record, folder)
     return name
 

@@ -146,3 +146,50 @@ def test_no_module_imports_itself_through_others():
 def test_the_cycle_check_sees_a_loop():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+# ---- the bundle format spells its own names ----
+
+def bundle_names() -> set[str]:
+    """The bundle's file names (its layout's constants) and the manifest keys only the manifest uses: the fields
+    of its records that no other format of this project shares a word with (``files``, ``graphs``, ``precision``
+    or ``source`` are also a checkpoint's, a calibration cache's or a report's)."""
+    from pixdeploy.runtime.bundle import layout
+
+    files = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str) and "." in v}
+    keys = {"variants", "engines", "special_tokens", "export_profile", "decoder_form", "cpu_scheme", "ratios_vs_fp32",
+            "rejected_by_parity", "checkpoint_step", "calibration", "cache", "engines.json"}
+    return files | keys
+
+
+# (file, literal) -> why it may be spelled outside runtime/bundle/
+NAMES_ALLOWED = {
+    ("pixdeploy/checkpoint.py", "tokenizer.json"): "the checkpoint format's own file, named like the bundle's",
+    ("pixdeploy/demo.py", "variants"): "a key of the demo's own JSON report",
+}
+
+
+def spelled_bundle_names(root: Path) -> list[str]:
+    names = bundle_names()
+    found = []
+    for folder in ("pixdeploy", "export", "runtime"):
+        for path in sorted((root / folder).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel.startswith("runtime/bundle/"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value in names and (rel, node.value) not in NAMES_ALLOWED:
+                    found.append(f"{rel}:{node.lineno} {node.value!r}")
+    return found
+
+
+def test_only_the_bundle_package_spells_a_bundle_file_name_or_manifest_key():
+    assert {"manifest.json", "tokenizer.json", "text_embeddings.npy", "parity.json", "variants"} <= bundle_names()
+    assert spelled_bundle_names(ROOT) == []
+
+
+def test_the_name_check_sees_a_manifest_key(tmp_path):
+    bad = tmp_path / "export" / "bad.py"
+    bad.parent.mkdir()
+    bad.write_text('def f(m):\n    return m["variants"], "parity.json"\n')
+    assert sorted(spelled_bundle_names(tmp_path)) == ["export/bad.py:2 'parity.json'", "export/bad.py:2 'variants'"]

@@ -56,8 +56,11 @@ def _int(value, where: str, lo: int = 0, hi: int = MAX_DIM) -> int:
 
 
 def _number(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise RecordError(f"{where} is {printable(repr(value))[:60]}, not a finite number")
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            raise OverflowError
+    except OverflowError:  # an integer past a float's range is no measurement either
+        raise RecordError(f"{where} is {printable(repr(value))[:60]}, not a finite number") from None
     return float(value)
 
 
@@ -145,7 +148,8 @@ class GraphSignature:
 
     @classmethod
     def from_dict(cls, d, where: str = "graph") -> GraphSignature:
-        d = _obj(d, where, ("inputs", "outputs"), ("cache", "purpose", "file"))  # file: the exporter spec's, and format 1's
+        # file: the exporter's spec names it there, and so did format 1
+        d = _obj(d, where, ("inputs", "outputs"), ("cache", "purpose", "file"))
         inputs = _names(d["inputs"], _where(where, "inputs"), TensorSpec.from_dict)
         outputs = _names(d["outputs"], _where(where, "outputs"), TensorSpec.from_dict)
         if not inputs or not outputs:

@@ -178,8 +178,9 @@ def test_engines_answer_as_onnxruntime(tiny_checkpoint, tmp_path):
 
 def test_a_build_records_what_it_built(tiny_bundle, tmp_path, monkeypatch):
     """build_engines end to end with TensorRT's own calls faked (no GPU here): each graph is built with its
-    profiles and the timing cache asked for, and the engine headers, the folder's index and the manifest's record
-    describe the same build (the bundle's own engine check holds the headers to the record)."""
+    profiles and the timing cache asked for, and the engine headers and the manifest's record
+    describe the same build (the bundle's own engine check holds the headers to the record); the folder holds the
+    engines and their layer lists, no index of its own."""
     from types import SimpleNamespace
 
     from pixdeploy.export import engine
@@ -206,9 +207,9 @@ def test_a_build_records_what_it_built(tiny_bundle, tmp_path, monkeypatch):
     headers = again.engine_headers(chosen)  # raises when a header disagrees with the record or the graphs
     assert all(h["settings"]["decomposable_attention"] and h["producer"].startswith("pixdeploy ")
                for h in headers.values())
-    index = json.loads((folder / engine.ENGINE_SET).read_text())
-    assert index["format"] == engine.ENGINE_SET_FORMAT and index["max_batch"] == 2
-    assert sorted(index["engines"]) == ["decoder", "image_encoder"]
+    assert sorted(p.name for p in folder.iterdir()) == ["decoder.engine", "decoder.layers.json",
+                                                        "image_encoder.engine", "image_encoder.layers.json"]
+    assert engine.is_engine_dir(folder)
     assert json.loads((folder / "decoder.layers.json").read_text()) == [{"Name": "only"}]
 
 

@@ -116,7 +116,8 @@ def variant_pipeline(bundle_path: Path, name: str, checkpoint: Path):
             make_fp16(Checkpoint(checkpoint).load_model(), folder, get_profile(bundle.export_target))
         else:
             make_int8(bundle, VARIANTS[("int8", "cpu")], folder, None)
-    entry = {"precision": name.split("-")[0], "graphs": {g: {"file": f"{g}.onnx"} for g in GRAPHS}}
+    entry = {"precision": name.split("-")[0], "target": "any" if name == "fp16" else "cpu",
+             "graphs": {g: {"file": f"{g}.onnx"} for g in GRAPHS}}
     staged = StagedVariant(bundle, name, folder, folder).view(entry)
     return Pipeline.open(staged, device="cpu", variant=name)
 
@@ -177,5 +178,5 @@ def rescaled_int8_pipeline(bundle_path: Path, checkpoint: Path, factor: float, n
         for t in found:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(factor), t.name))
         onnx.save(proto, str(folder / f"{g}.onnx"))
-    entry = {"precision": "int8", "graphs": {g: {"file": f"{g}.onnx"} for g in GRAPHS}}
+    entry = {"precision": "int8", "target": "cpu", "graphs": {g: {"file": f"{g}.onnx"} for g in GRAPHS}}
     return Pipeline.open(StagedVariant(bundle, name, folder, folder).view(entry), device="cpu", variant=name)

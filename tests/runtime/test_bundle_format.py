@@ -244,7 +244,8 @@ def test_external_tensor_files_must_lie_inside_the_bundle_and_be_checksummed(tin
                         e.value = location
             onnx.save_model(proto, str(b / "decoder.onnx"))
         m = json.loads((b / "manifest.json").read_text())
-        write_manifest(b, Bundle(b, verify=False).config, {"source": m["source"], "parity": m["variants"]["fp32"]["parity"]})
+        write_manifest(b, Bundle(b, verify=False).config,
+                       {"source": m["source"], "parity": m["variants"]["fp32"]["parity"]})
         return b
 
     inside_b = with_external("inside", "decoder.weights")

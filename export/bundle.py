@@ -36,7 +36,6 @@ from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.errors import PixdeployError
 from pixdeploy.files import check_not_inside, check_replaceable, locked_dir, staged_dir, writing
 
-
 PRODUCER = f"pixdeploy {__version__}"
 
 

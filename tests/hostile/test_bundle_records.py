@@ -10,8 +10,6 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_json_readers import DELETE, FUZZ, paths, replaced, values
-
 from pixdeploy.runtime.bundle import (
     CachePair,
     CalibrationRecord,
@@ -26,6 +24,7 @@ from pixdeploy.runtime.bundle import (
     VariantRecord,
 )
 from pixdeploy.runtime.bundle.records import RECORDS
+from test_json_readers import DELETE, FUZZ, paths, replaced, values
 
 SHA = "ab" * 32
 RATIOS = {"encoder": {"p50": 1.5, "p90": 1.4, "p99": 1.2}, "decoder_step": {"p50": 2.0, "p90": 1.9, "p99": 1.7},

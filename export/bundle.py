@@ -22,6 +22,7 @@ from pixdeploy.runtime.bundle import (
     PARITY_REPORT,
     TOKENIZER,
     Bundle,
+    Provenance,
     SourceRecord,
     commit_manifest,
     is_bundle_dir,
@@ -94,10 +95,9 @@ def _export_into(out: Path, ck, model, cfg, profile, target: str, images, force:
         ck.tokenizer.save(tmp / TOKENIZER)
         # Absolute: the path the user typed may be relative to a folder a later command does not run from (a
         # relative path in an older bundle is read relative to the bundle: Bundle.source_checkpoint).
-        manifest, hashed = new_manifest(tmp, cfg, {s.name: s.to_dict() for s in graph_specs(cfg)}, PRODUCER,
-                                        source=SourceRecord(os.path.abspath(ck.path), ck.step),
-                                        export_profile=profile.to_dict(),
-                                        onnx=onnx_record(profile.opset, profile.ir_version))
+        provenance = Provenance(PRODUCER, SourceRecord(os.path.abspath(ck.path), ck.step), profile.to_dict(),
+                                onnx_record(profile.opset, profile.ir_version))
+        manifest, hashed = new_manifest(tmp, cfg, {s.name: s.to_dict() for s in graph_specs(cfg)}, provenance)
 
         echo("checking parity against PyTorch")
         with Pipeline.open(Bundle.from_manifest(tmp, manifest, hashed=hashed), device="cpu") as pipeline:

@@ -1,7 +1,9 @@
-"""The bundle format, one package: its layout and safe paths (`layout`), its typed records (`records`), its one
-reader (`reader.Bundle`), its one writer (`writer`: `write_new_manifest`, `adding_variant`, `add_engine_set`), the
-rule that picks an engine set (`select`) and the format-1 upgrade (`upgrade`). No other module reads or writes
-``manifest.json``; every name here imports from ``pixdeploy.runtime.bundle`` as before.
+"""The bundle format, one package and the only place a manifest key or a bundle file name is spelled: its layout
+and safe paths (`layout`), its typed records (`records`: each frozen, with a strict ``from_dict`` and a
+``to_dict``), its one reader (`reader.Bundle`, with `signatures`, `engine_check` and `tables` for what it checks),
+its one writer (`writer`: `new_manifest` + `commit_manifest` for an export, `adding_variant` for a variant,
+`add_engine_set` for engines), the rule that picks an engine set (`select`) and the format-1 upgrade (`upgrade`).
+Every name here imports from ``pixdeploy.runtime.bundle``.
 
     bundle/
         manifest.json          format + version, producer, model config, special ids, variants, engine sets,
@@ -10,21 +12,24 @@ rule that picks an engine set (`select`) and the format-1 upgrade (`upgrade`). N
         decoder.onnx           embeddings + positions + KV cache -> last logits + new cache
         text_embeddings.npy    the word-embedding table, looked up in numpy
         tokenizer.json
-        parity.json            what the export measured against PyTorch
+        parity.json            the exporter's full parity report (thresholds, statistics)
         variants/NAME-ID/      more precisions of the same graphs (fp16, int8-tensorrt, int8-cpu)
         engines/GPU-trtVERSION-VARIANT/
-                               TensorRT engines of one variant for one GPU model and TensorRT version
+                               TensorRT engines of one variant for one GPU model and TensorRT version, each
+                               with a header saying what it was built from and for (`engine_header`)
 
 The manifest (format version 2):
-- ``variants`` maps every variant, ``fp32`` included, to its precision, target, graphs and parity record;
-- ``graphs`` holds the signatures every variant shares (names, dtypes, symbolic dims); the decoder's
-  entry records its KV-cache pairs (``cache``: past input, present output, dtype, shape), which every
-  consumer reads from there instead of re-deriving names;
-- ``engines`` maps an engine folder to what it was built for (`EngineSet`), and `select_engine_set` is
-  the one rule that picks a set for a variant, a TensorRT version and a GPU;
-- ``files`` holds the sha256 of every file. A bundle is untrusted: every path it names must resolve
-  inside it with no symlink on the way, and a file is read only through `Bundle.checked`, which
-  compares its checksum first.
+- ``variants`` maps every variant, ``fp32`` included, to its `VariantRecord`: precision, target, graph files,
+  and the `ParityRecord` its gate measured (one shape for every variant), with how it was made (calibration,
+  the CPU scheme measured and chosen, the decoder form);
+- ``graphs`` holds the `GraphSignature` every variant shares (names, dtypes, symbolic dims); the decoder's
+  records its KV-cache pairs (`CachePair`), which every consumer reads from there instead of re-deriving names;
+- ``engines`` maps an engine folder to what it was built for (`EngineSet`); the engine headers say the same of
+  each file and are checked against it, and `select_engine_set` is the one rule that picks a set;
+- ``files`` holds the sha256 of every file (`FileEntry`). A bundle is untrusted: every path it names must resolve
+  inside it with no symlink on the way, and a file is read only through `Bundle.checked`, which compares its
+  checksum first. The shared files are hashed when a `Bundle` is made, a variant's graphs when the variant is
+  first used, engines when a set is selected: a command hashes only what it runs.
 
 Bundles of format version 1 (no explicit fp32 variant, no cache pairs, engine folders without the
 variant) are read by `upgrade.upgrade_v1`; their engine sets are not used (rebuild them).
@@ -58,6 +63,7 @@ from pixdeploy.runtime.bundle.records import (  # noqa: F401
     FileEntry,
     GraphSignature,
     ParityRecord,
+    Provenance,
     RecordError,
     SourceRecord,
     TensorSpec,

@@ -384,5 +384,21 @@ class SourceRecord:
         return out
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a bundle came from, as its exporter records it: the producer, the checkpoint, the export profile's
+    settings and the graphs' ONNX opset and IR (descriptive: the graphs themselves are what runs)."""
+
+    producer: str
+    source: SourceRecord | None = None
+    export_profile: dict | None = None
+    onnx: dict | None = None
+
+    def to_dict(self) -> dict:
+        out = {"producer": self.producer, "source": None if self.source is None else self.source.to_dict(),
+               "export_profile": self.export_profile, "onnx": self.onnx}
+        return {k: v for k, v in out.items() if v is not None}
+
+
 RECORDS = (TensorSpec, CachePair, GraphSignature, ParityRecord, CalibrationRecord, CpuSchemeRecord, VariantRecord,
            FileEntry, SourceRecord)  # with EngineSet (named by its folder): every record of the manifest

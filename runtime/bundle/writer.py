@@ -31,6 +31,7 @@ from pixdeploy.runtime.bundle.records import (
     FileEntry,
     GraphSignature,
     ParityRecord,
+    Provenance,
     SourceRecord,
     VariantRecord,
 )
@@ -61,23 +62,18 @@ def file_entries(root: Path, where: Path) -> dict:
             for p in paths if p.is_file() and not p.is_symlink()}
 
 
-def new_manifest(folder: Path, cfg, graphs: dict, producer: str, *, source: SourceRecord | None = None,
-                 export_profile: dict | None = None, onnx: dict | None = None,
+def new_manifest(folder: Path, cfg, graphs: dict, provenance: Provenance,
                  parity: ParityRecord | None = None) -> tuple[dict, dict]:
     """(manifest, hashed) of a bundle being exported into ``folder``, in memory: the fp32 variant (with its parity
     record, once measured), the signatures (``graphs``: name -> signature with its ``file``; the decoder's with
-    its cache pairs), where it came from (``source``, the export profile, the onnx opset and IR), and the checksum
-    of every file already written there; ``hashed``: name -> sha256, for `Bundle.from_manifest`, so no file is
-    hashed twice."""
+    its cache pairs), where it came from, and the checksum of every file already written there; ``hashed``:
+    name -> sha256, for `Bundle.from_manifest`, so no file is hashed twice."""
     files = {k: v for k, v in file_entries(folder, folder).items() if k != MANIFEST}
     fp32 = VariantRecord("fp32", "any", {g: d["file"] for g, d in graphs.items()}, parity=parity)
     signatures = {g: GraphSignature.from_dict(d, g).to_dict() for g, d in graphs.items()}  # files: per variant
-    recorded = {"source": None if source is None else source.to_dict(), "export_profile": export_profile,
-                "onnx": onnx}
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "producer": producer, "config": cfg.to_dict(),
+        "format": FORMAT, "format_version": FORMAT_VERSION, **provenance.to_dict(), "config": cfg.to_dict(),
         "special_tokens": {name: i for i, name in enumerate(SPECIAL_TOKENS)}, "graphs": signatures,
-        **{k: v for k, v in recorded.items() if v is not None},
         "variants": {DEFAULT_VARIANT: fp32.to_dict()}, "engines": {}, "files": files,
     }
     return manifest, {k: v["sha256"] for k, v in files.items()}
@@ -105,10 +101,10 @@ def write_new_manifest(folder: Path, cfg, graphs: dict, extra: dict, producer: s
     """A fresh manifest over the files in ``folder``; ``extra``: the manifest form of what `new_manifest` takes by
     name (source, export_profile, onnx, and parity: the fp32 variant's record)."""
     source, parity = extra.get("source"), extra.get("parity")
-    commit_manifest(folder, new_manifest(
-        folder, cfg, graphs, producer, source=None if source is None else SourceRecord.from_dict(source),
-        export_profile=extra.get("export_profile"), onnx=extra.get("onnx"),
-        parity=None if parity is None else ParityRecord.from_dict(parity))[0])
+    provenance = Provenance(producer, None if source is None else SourceRecord.from_dict(source),
+                            extra.get("export_profile"), extra.get("onnx"))
+    commit_manifest(folder, new_manifest(folder, cfg, graphs, provenance,
+                                         None if parity is None else ParityRecord.from_dict(parity))[0])
 
 
 def is_bundle_dir(path: Path) -> bool:

@@ -11,7 +11,6 @@ running anything, and a cache from another model is refused.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from pixdeploy.runtime.backends import Runner
 
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import staged_file
+from pixdeploy.files import marked_temp, staged_file
 from pixdeploy.jsonfile import BadJson, brief, load_json, need
 
 CACHE_FORMAT = "pixdeploy-calibration"
@@ -221,7 +220,7 @@ def measure_ranges(graph_path: Path, feeds: Iterable[dict], op_types: list[str],
     """Run onnxruntime's MinMax calibrator over ``feeds`` on one fp32 graph -> TensorsData as a dict."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
-    with tempfile.TemporaryDirectory(prefix="pixdeploy-calib-") as tmp:
+    with marked_temp("pixdeploy-calib-") as tmp:
         calibrator = create_calibrator(Path(graph_path), op_types,
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.MinMax)

@@ -12,7 +12,6 @@ The manifest records the scheme, every measured ratio and the CPU's instruction-
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +22,8 @@ from pixdeploy.export.calibration import CalibrationCache
 from pixdeploy.export.int8 import WEIGHT_OPS, calibration_record, pin_ir_version, quiet_quantizer, weight_matmuls
 from pixdeploy.export.profiles import get_profile
 from pixdeploy.runtime.bundle import DECODER_FORMS, GRAPHS, Bundle, CpuSchemeRecord, VariantRecord
+
+from pixdeploy.files import marked_temp
 
 FUSED_BLOCK = 32
 FUSED_FORM = DECODER_FORMS[0]  # what a variant with a fused decoder records (`Bundle.decoder_form`)
@@ -227,7 +228,7 @@ def choose_cpu_scheme(job, staged, record: VariantRecord, cache: CalibrationCach
     from pixdeploy.cpu import cpu_class
 
     isa = cpu_class()
-    with tempfile.TemporaryDirectory(prefix="pixdeploy-cpu-schemes-") as tmp:
+    with marked_temp("pixdeploy-cpu-schemes-") as tmp:
         schemes = schemes_for(job.bundle)
         job.echo(f"making {len(schemes)} int8 schemes: {', '.join(schemes)}")
         candidates = make_cpu_candidates(job.bundle, Path(tmp), cache, job.model)

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 from pathlib import Path
 
 import onnx
 from pixdeploy.export.calibration import CalibrationCache, decoder_feeds, encoder_feeds, measure_ranges
 from pixdeploy.runtime.bundle import GRAPHS, Bundle, CalibrationRecord
 
-from pixdeploy.files import sha256
+from pixdeploy.files import marked_temp, sha256
 
 WEIGHT_OPS = ("MatMul", "Gemm")  # the matrix multiplies: linear layers and the output head
 
@@ -91,7 +90,7 @@ def make_tensorrt_qdq(bundle: Bundle, out: Path, cache: CalibrationCache) -> Cal
     for g in GRAPHS:
         src = bundle.graph_path(g)
         nodes = weight_matmuls(onnx.load(str(src), load_external_data=False))
-        with tempfile.TemporaryDirectory(prefix="pixdeploy-q-") as tmp, quiet_quantizer():
+        with marked_temp("pixdeploy-q-") as tmp, quiet_quantizer():
             quantize_static(
                 src, out / f"{g}.onnx", None, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(WEIGHT_OPS),
                 nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QInt8,

@@ -47,7 +47,7 @@ from pixdeploy.runtime.backends import check_graphs_load
 from pixdeploy.runtime.bundle import DEFAULT_VARIANT, GRAPHS, PARITY_REPORT, Bundle, VariantRecord, adding_variant
 
 from pixdeploy.errors import PixdeployError
-from pixdeploy.files import check_not_inside
+from pixdeploy.files import check_not_inside, sweep_marked_temp_dirs
 
 
 @dataclass(frozen=True)
@@ -251,6 +251,7 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ec
     o = QuantizeOptions(**options)
     variant = choose_variant(precision, target)
     check_request(variant, o)
+    sweep_marked_temp_dirs(echo)  # what a quantize killed with -9 left in the temporary folder
     bundle = Bundle(bundle_path)
     check_graphs_load(bundle, DEFAULT_VARIANT)  # the graphs the variant is made from: a damaged one is refused first
     if variant.name in bundle.variants and not o.force:

@@ -151,3 +151,40 @@ def test_the_temporary_repository_of_a_killed_serve_is_removed_by_the_next_start
         assert not p.exists()
     assert all(p.is_dir() for p in others)
     assert [p.name for p in tmp.iterdir() if p not in others] == []  # the refused start left nothing either
+
+
+def test_the_temporary_folders_of_a_killed_quantize_are_swept_by_the_next_and_nothing_else(tmp_path, monkeypatch):
+    """quantize works in marked temporary folders (calibration, the int8 schemes, the quantizer's scratch): a
+    quantize killed with -9 leaves them, the next quantize removes them, and only them: a folder named alike
+    without the marker, one of a process still running, and a symlink stay."""
+    import tempfile
+
+    from pixdeploy.export.quantize import quantize_bundle
+
+    from pixdeploy.errors import PixdeployError
+    from pixdeploy.files import TEMP_MARKER, marked_temp_dir
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR read again
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a PID that no longer runs
+    left = []
+    for prefix in ("pixdeploy-calib-", "pixdeploy-cpu-schemes-", "pixdeploy-q-"):
+        folder = marked_temp_dir(prefix)
+        dead = folder.with_name(folder.name.replace(f"-{os.getpid()}-", f"-{proc.pid}-"))
+        folder.rename(dead)
+        (dead / TEMP_MARKER).write_text(json.dumps({"format": "pixdeploy-serve-temporary", "pid": proc.pid}))
+        (dead / "decoder.onnx").write_bytes(b"half a graph")
+        left.append(dead)
+    unmarked = tmp_path / f"pixdeploy-cpu-schemes-{proc.pid}-mine"
+    unmarked.mkdir()
+    running = marked_temp_dir("pixdeploy-calib-")
+    link = tmp_path / f"pixdeploy-q-{proc.pid}-link"
+    link.symlink_to(unmarked)
+    said = []
+    with pytest.raises(PixdeployError, match="no bundle at"):  # the sweep comes first, before the bundle is read
+        quantize_bundle(tmp_path / "no-bundle", "int8", "cpu", echo=said.append)
+    assert not any(p.exists() for p in left), said
+    assert unmarked.is_dir() and running.is_dir() and link.is_symlink()
+    assert sorted(said) == sorted(f"removed {p}, a temporary folder of a pixdeploy command that was killed"
+                                  for p in left)

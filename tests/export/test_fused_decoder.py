@@ -141,6 +141,20 @@ def fused_variant(head32, tmp_path_factory):
     return path, lines
 
 
+def test_quantize_times_the_fused_candidates_for_real(head32, photo, tmp_path):
+    """The measurement quantize runs (not a rigged one) opens and times a fused candidate beside fp32."""
+    from pixdeploy.export.cpu_schemes import CPU_SCHEMES, measure_cpu_schemes
+    from pixdeploy.runtime.bundle import GRAPHS
+
+    model, root = head32
+    bundle = Bundle(root / "bundle")
+    CPU_SCHEMES["fused-int4"].make(bundle, tmp_path, None, model)
+    ratios = measure_cpu_schemes(bundle, {"fused-int4": {g: tmp_path / f"{g}.onnx" for g in GRAPHS}}, [photo],
+                                 rounds=2)
+    r = ratios["fused-int4"]
+    assert all(r[st][q] > 0 for st in ("encoder", "decoder_step") for q in ("p50", "p90", "p99")) and r["score"] > 0
+
+
 def test_quantize_keeps_a_fused_scheme_and_records_its_form(fused_variant):
     path, lines = fused_variant
     b = Bundle(path)

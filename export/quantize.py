@@ -270,7 +270,7 @@ def quantize_bundle(bundle_path, precision: str, target: str = "tensorrt", *, ec
         if not result:
             names = ", ".join(f"{c.name}={c.value:.3g}" for c in result.failures)
             raise ParityError(f"{variant.name} failed its parity gate ({names}); bundle {bundle.path} left as it was")
-        # The parity record leaves out the precision: the variant's own says it.
-        entry.update(replace(record, parity=replace(result.record(), precision=None),
+        # The gate's record, the same shape every variant keeps (fp32's included).
+        entry.update(replace(record, parity=result.record(),
                              seconds=round(job.seconds or time.perf_counter() - t0, 1)).to_dict())
     return Bundle(bundle.path), result

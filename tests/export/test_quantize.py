@@ -85,6 +85,9 @@ def test_int8_tensorrt_is_symmetric_qdq_on_the_matmuls_only(int8_bundle, photo):
     b = Bundle(path)  # verifies every checksum, the variant's included
     v = b.variant("int8-tensorrt")
     assert v.precision == "int8" and v.target == "tensorrt" and v.parity.passed
+    # One parity record shape: every variant's, fp32's (written by export) included, names its precision and checks.
+    assert [(p.precision, bool(p.checks)) for p in (b.variant("fp32").parity, v.parity)] == \
+        [("fp32", True), ("int8", True)]
     assert all(f in b.manifest["files"] for f in v.graphs.values())
     assert json.loads((b.graph_path("decoder", "int8-tensorrt").parent / "parity.json").read_text())["passed"]
     for graph in ("image_encoder", "decoder"):

@@ -22,13 +22,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
-from pixdeploy.export import fused_decoder
 from pixdeploy.export.bundle import export_bundle
-from pixdeploy.export.cpu_schemes import CPU_SCHEMES
 from pixdeploy.runtime import Pipeline
-from pixdeploy.runtime.backends import FusedDecoderRunner, OnnxRuntimeBoundRunner, OnnxRuntimeRunner
 
+from benchmarks.cpu_generate import BASELINE, make_pipelines
 from benchmarks.timing import interleaved, machine, write
 from pixdeploy.checkpoint import Checkpoint
 from pixdeploy.cpu import cpu_class
@@ -37,7 +34,6 @@ from pixdeploy.demo import DemoPlan
 from pixdeploy.demo_data import make_demo_set
 from pixdeploy.training import RunOptions, TrainConfig, train
 
-BASELINE = "plain-fp32"
 PATHS = {"plain-int8-dynamic": "dynamic", "fused-fp32": None, "fused-int8": "fused-int8", "fused-int4": "fused-int4"}
 PLAN = DemoPlan(model=(("image_size", 24), ("image_layers", 1), ("n_heads", 6)))
 BLOCK = 10
@@ -54,26 +50,6 @@ def trained_bundle(root: Path, steps: int):
     parity_images = [ex.segments[0] for ex in held_out[:16]]
     bundle, _ = export_bundle(root / "run", root / "bundle", images=parity_images, echo=lambda *_: None)
     return bundle, Checkpoint(root / "run").load_model(), held_out
-
-
-def pipelines(bundle, model, root: Path) -> dict[str, Pipeline]:
-    pipes = {BASELINE: Pipeline.load(bundle.path, device="cpu")}
-    keep = frozenset(p.present for p in bundle.cache_pairs())
-    for name, scheme in PATHS.items():
-        where = root / name
-        where.mkdir()
-        if scheme is None:
-            onnx.save(fused_decoder.build(model), str(where / "decoder.onnx"))
-            encoder = bundle.graph_path("image_encoder")
-        else:
-            CPU_SCHEMES[scheme].make(bundle, where, None, model)
-            encoder = where / "image_encoder.onnx"
-        fused = scheme is None or CPU_SCHEMES[scheme].fused
-        decoder = (FusedDecoderRunner.open(where / "decoder.onnx", bundle.signatures["decoder"], bundle.cache_pairs(),
-                                           bundle.config) if fused
-                   else OnnxRuntimeBoundRunner.open(where / "decoder.onnx", "cpu", keep=keep))
-        pipes[name] = Pipeline.from_runners(bundle, OnnxRuntimeRunner.open(encoder, "cpu"), decoder)
-    return pipes
 
 
 def step_fn(pipe: Pipeline, images: list):
@@ -98,7 +74,7 @@ def main():
         root = Path(d)
         print(f"training {PLAN.describe()} for {args.steps} steps", flush=True)
         bundle, model, held_out = trained_bundle(root, args.steps)
-        pipes = pipelines(bundle, model, root)
+        pipes = make_pipelines(bundle, model, root, PATHS)
         images = [ex.segments[0] for ex in held_out]
         truth = [ex.texts[0].strip() for ex in held_out]
         read = {n: [r.strip() for r in p.generate_batch(images, max_new_tokens=8)] for n, p in pipes.items()}

@@ -58,11 +58,14 @@ def make_bundle(preset_name: str, folder: Path):
     return bundle, model
 
 
-def make_pipelines(bundle, model, folder: Path) -> dict[str, Pipeline]:
+def make_pipelines(bundle, model, folder: Path, paths: dict = PATHS) -> dict[str, Pipeline]:
+    """The baseline (the bundle's fp32 pipeline) and one `Pipeline` per path: ``paths`` maps a name to the
+    `CPU_SCHEMES` scheme whose graphs it runs, or None for the fused decoder with fp32 weights and the fp32
+    encoder."""
     from pixdeploy.export import fused_decoder
 
     pipes = {BASELINE: Pipeline.load(bundle.path, device="cpu")}
-    for name, scheme in PATHS.items():
+    for name, scheme in paths.items():
         where = folder / name
         where.mkdir()
         if scheme is None:  # the fused decoder with fp32 weights, the fp32 encoder

@@ -136,6 +136,9 @@ class CachePair:
         return {"past": self.past, "present": self.present, "dtype": self.dtype, "shape": list(self.shape)}
 
 
+SIGNATURE_KEYS = ("inputs", "outputs", "cache", "purpose")
+
+
 @dataclass(frozen=True)
 class GraphSignature:
     """What every variant's graph of one name takes and gives, in the graph's order; the decoder's also pairs
@@ -149,7 +152,7 @@ class GraphSignature:
     @classmethod
     def from_dict(cls, d, where: str = "graph") -> GraphSignature:
         # file: the exporter's spec names it there, and so did format 1
-        d = _obj(d, where, ("inputs", "outputs"), ("cache", "purpose", "file"))
+        d = _obj(d, where, SIGNATURE_KEYS[:2], (*SIGNATURE_KEYS[2:], "file"))
         inputs = _names(d["inputs"], _where(where, "inputs"), TensorSpec.from_dict)
         outputs = _names(d["outputs"], _where(where, "outputs"), TensorSpec.from_dict)
         if not inputs or not outputs:
@@ -269,8 +272,10 @@ class VariantRecord:
     def from_dict(cls, d, where: str = "variant") -> VariantRecord:
         d = _obj(d, where, ("precision", "target", "graphs"),
                  ("method", "parity", "seconds", "calibration", "cpu_scheme", "decoder_form"))
+        # Variants quantized by earlier versions of format 2 also copied the graph's signature next to its file;
+        # the manifest's top-level signatures are the ones checked, so those copies are read past.
         graphs = _names(d["graphs"], _where(where, "graphs"),
-                        lambda g, at: _text(_obj(g, at, ("file",))["file"], f"{at}.file"))
+                        lambda g, at: _text(_obj(g, at, ("file",), SIGNATURE_KEYS)["file"], f"{at}.file"))
         return cls(_text(d["precision"], _where(where, "precision")), _text(d["target"], _where(where, "target")),
                    graphs, _optional(d, "method", _text, where),
                    _optional(d, "parity", ParityRecord.from_dict, where), _optional(d, "seconds", _number, where),

@@ -85,6 +85,18 @@ def test_a_format_1_bundle_still_loads_and_answers_the_same(tiny_bundle, tmp_pat
     assert res.exit_code == 0 and "bundle format 1" in res.output, res.output
 
 
+def test_a_variant_written_by_an_earlier_format_2_quantize_still_loads(tiny_bundle, tmp_path, photo):
+    """Earlier versions of format 2 copied each graph's signature next to a variant's file: such a bundle loads
+    and answers as before (the top-level signatures are the ones checked)."""
+    b = copy(tiny_bundle, tmp_path / "older")
+    edit(b, lambda m: m["variants"]["fp32"]["graphs"].update(
+        {g: {**m["graphs"][g], **d} for g, d in m["variants"]["fp32"]["graphs"].items()}))
+    assert "inputs" in json.loads((b / "manifest.json").read_text())["variants"]["fp32"]["graphs"]["decoder"]
+    want = Pipeline.load(tiny_bundle, device="cpu").generate(photo, max_new_tokens=4, stop=None)
+    assert Pipeline.load(b, device="cpu").generate(photo, max_new_tokens=4, stop=None) == want
+    assert CliRunner().invoke(main, ["inspect", str(b)]).exit_code == 0
+
+
 def test_a_format_1_engine_set_is_not_used(tiny_bundle, tmp_path):
     b = copy(tiny_bundle, tmp_path / "v1")
     edit(b, lambda m: m.update(format_version=1, engines={"orin-trt10.3.0.30": {"variant": "fp32"}}))

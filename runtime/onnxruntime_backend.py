@@ -30,6 +30,9 @@ def execution_providers(device: str, available: list[str]) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+NO_SPINNING = ("session.intra_op.allow_spinning", "0")  # threads block when idle instead of spinning
+
+
 def open_session(path, device: str = "auto"):
     """An onnxruntime session on ``device`` (cpu, cuda, auto); CUDA asked for and absent is an error."""
     try:
@@ -44,6 +47,10 @@ def open_session(path, device: str = "auto"):
     providers = execution_providers(device, available)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # A pipeline alternates two sessions (encoder, then decoder steps): a session's worker threads that spin
+    # waiting for work after a run take cores from the other. Measured at batch 1 on 2 cores (small, 16 tokens):
+    # generate 147.6 -> 134.4 ms on the fp32 graphs, 104.6 -> 96.9 ms on int8-cpu with the fused decoder.
+    opts.add_session_config_entry(NO_SPINNING[0], NO_SPINNING[1])
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for damaged graphs

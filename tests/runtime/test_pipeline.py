@@ -115,3 +115,12 @@ def test_cli_runtime_commands(tiny_bundle, tiny_checkpoint, photos, tmp_path):
     assert r.exit_code == 0 and "greedy_match" in r.output
     r = CliRunner().invoke(main, ["generate", str(tmp_path), str(photos[0])])
     assert r.exit_code == 1 and "no bundle at" in r.output and "Traceback" not in r.output
+
+
+def test_the_sessions_of_a_pipeline_block_when_idle_instead_of_spinning(tiny_bundle):
+    """The encoder's and the decoder's sessions take turns: neither's threads may spin (and take the cores)
+    while the other runs."""
+    with Pipeline.load(tiny_bundle, device="cpu") as pipe:
+        for runner in (pipe.encoder, pipe.decoder):
+            options = runner.session.get_session_options()
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -81,8 +81,7 @@ def make_pipelines(bundle, model, folder: Path, paths: dict = PATHS) -> dict[str
             CPU_SCHEMES[scheme].make(bundle, where, None, model)
             encoder = where / "image_encoder.onnx"
         fused = scheme is None or CPU_SCHEMES[scheme].fused
-        decoder = (FusedDecoderRunner.open(where / "decoder.onnx", bundle.signatures["decoder"],
-                                           bundle.cache_pairs(), bundle.config) if fused
+        decoder = (FusedDecoderRunner.open_in(bundle, where / "decoder.onnx") if fused
                    else OnnxRuntimeBoundRunner.open(where / "decoder.onnx", "cpu",
                                                     keep=frozenset(p.present for p in bundle.cache_pairs())))
         pipes[name] = Pipeline.from_runners(bundle, OnnxRuntimeRunner.open(encoder, "cpu"), decoder)

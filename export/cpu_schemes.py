@@ -159,7 +159,7 @@ def _open_runners(bundle: Bundle, graphs: dict[str, dict[str, Path]]) -> dict:
     def decoder(name, path):
         scheme = CPU_SCHEMES.get(name)
         if scheme is not None and scheme.fused:
-            return FusedDecoderRunner.open(path, bundle.signatures["decoder"], bundle.cache_pairs(), bundle.config)
+            return FusedDecoderRunner.open_in(bundle, path)
         return OnnxRuntimeRunner.open(path, "cpu")
 
     return {n: {"image_encoder": OnnxRuntimeRunner.open(gs["image_encoder"], "cpu"),

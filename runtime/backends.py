@@ -52,7 +52,7 @@ def _onnxruntime_runners(bundle, variant: str, device: str, keep: frozenset) -> 
             if device == "cuda":
                 raise PixdeployError(f"variant {variant} of {bundle.path} has a decoder made for onnxruntime on a "
                                      "CPU; use --device cpu, or another variant on the GPU")
-            runners.append(FusedDecoderRunner.open(path, bundle.signatures[graph], bundle.cache_pairs(), bundle.config))
+            runners.append(FusedDecoderRunner.open_in(bundle, path))
             continue
         runner = OnnxRuntimeRunner.open(path, device, keep if graph == "decoder" else frozenset())
         check_signature(runner, bundle.signatures[graph], f"{path} ({graph} of variant {variant})")

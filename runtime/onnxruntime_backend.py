@@ -113,6 +113,12 @@ class FusedDecoderRunner(Runner):
                                  f"{2 * cfg.n_layers}")
         return cls(session, plain_signature, cache_pairs, cfg)
 
+    @classmethod
+    def open_in(cls, bundle, path) -> FusedDecoderRunner:
+        """The fused decoder graph at ``path``, held to ``bundle``'s decoder contract (signature, cache pairs,
+        config)."""
+        return cls.open(path, bundle.signatures["decoder"], bundle.cache_pairs(), bundle.config)
+
     def infer_impl(self, feed: dict) -> dict:
         import onnxruntime as ort
 
@@ -132,7 +138,7 @@ class FusedDecoderRunner(Runner):
         with self._lock:
             bound = self._bound
             if bound is None or bound.batch != batch or any(a is not b for a, b in zip(bound.caches, caches)):
-                bound = self._bound = _Bound(self.session, batch, LOGITS, self.pairs, caches)
+                bound = self._bound = _Bound(self.session, batch, self.pairs, caches)
             bound.lengths[:] = start + tokens - 1
             bound.total[...] = start + tokens
             bound.binding.bind_cpu_input("embeds", embeds)
@@ -149,15 +155,15 @@ class FusedDecoderRunner(Runner):
 class _Bound:
     """The binding of one conversation's caches: past and present the same buffer, logits into a fixed array."""
 
-    def __init__(self, session, batch: int, logits_name: str, pairs: list, caches: list):
+    def __init__(self, session, batch: int, pairs: list, caches: list):
         self.batch, self.caches = batch, caches
         self.binding = session.io_binding()
         self.lengths, self.total = np.zeros((batch,), np.int32), np.zeros((), np.int32)
-        vocab = next(o for o in session.get_outputs() if o.name == logits_name).shape[-1]
+        vocab = next(o for o in session.get_outputs() if o.name == LOGITS).shape[-1]
         self.logits = np.empty((batch, vocab), np.float32)
         self.binding.bind_cpu_input("seqlens_k", self.lengths)  # bound by address: updated in place each step
         self.binding.bind_cpu_input("total_sequence_length", self.total)
-        self.binding.bind_output(logits_name, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
+        self.binding.bind_output(LOGITS, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
         for (_, (past, present)), value in zip(pairs, caches):
             self.binding.bind_ortvalue_input(past, value)
             self.binding.bind_ortvalue_output(present, value)

@@ -52,8 +52,8 @@ def engine_headers(bundle, engine_set: EngineSet) -> dict[str, dict]:
 
 
 def _profile_problems(bundle, graph: str, profiles: list, max_batch: int) -> list[str]:
-    inputs = bundle.graphs[graph].get("inputs") or {}
-    first = next(iter(inputs.values()), {}).get("shape") or [None]
+    inputs = {name: list(t.shape) for name, t in bundle.signatures[graph].inputs.items()}
+    first = next(iter(inputs.values()), None) or [None]
     batch_dims = {first[0]} if isinstance(first[0], str) else set()  # the batch: the first input's first dim
     problems = []
     for p in profiles:
@@ -63,15 +63,15 @@ def _profile_problems(bundle, graph: str, profiles: list, max_batch: int) -> lis
             problems.append(f"profile {p['name']} names inputs {unknown} the graph does not have"
                             if unknown else f"profile {p['name']} leaves out the inputs {absent}")
             continue
-        for name, t in inputs.items():
+        for name, shape in inputs.items():
             lo, opt, hi = shapes[name]
-            if len(hi) != len(t["shape"]):
-                problems.append(f"profile {p['name']} gives {name} rank {len(hi)}, the graph {len(t['shape'])}")
+            if len(hi) != len(shape):
+                problems.append(f"profile {p['name']} gives {name} rank {len(hi)}, the graph {len(shape)}")
                 continue
-            for d, a, c in zip(t["shape"], lo, hi):
+            for d, a, c in zip(shape, lo, hi):
                 bound = max_batch if d in batch_dims else bundle.config.max_seq_len
                 if (isinstance(d, int) and not a == c == d) or (isinstance(d, str) and not 1 <= a <= c <= bound):
                     problems.append(f"profile {p['name']} gives {name} dims {lo}..{hi}, outside the graph's "
-                                    f"{t['shape']} (batch at most {max_batch})")
+                                    f"{shape} (batch at most {max_batch})")
                     break
     return problems

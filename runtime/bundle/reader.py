@@ -199,26 +199,24 @@ class Bundle:
             if name not in self.files:
                 raise BundleError(f"damaged bundle {self.path}: manifest lists no {name}")
         self.signatures  # noqa: B018 -- reads and checks them
-        graph_files = set()
+        graph_files, variant_folders = set(), set()  # a variant's files are hashed with the variant
         for name, variant in self.variants.items():
             for graph in GRAPHS:
                 if graph not in variant.graphs:
                     raise BundleError(f"damaged bundle {self.path}: variant {printable(name)} lists no graph {graph!r}")
                 self._listed(variant.graphs[graph], f"variant {printable(name)} graph {graph}")
                 graph_files.add(variant.graphs[graph])
+                variant_folders.add(Path(variant.graphs[graph]).parent.as_posix())
             self.decoder_form(name)
+        variant_folders.discard(".")  # the bundle's own folder holds the fp32 graphs and the shared files
         for name in self.files:
-            if not name.startswith(f"{ENGINES_DIR}/") and name not in graph_files and not self._in_variant(name):
+            if not name.startswith(f"{ENGINES_DIR}/") and name not in graph_files \
+                    and Path(name).parent.as_posix() not in variant_folders:
                 self.checked(name)
         self.tokenizer  # noqa: B018 -- loads and checks it
         self.cache_pairs()
         self.engine_sets()
         self._embeddings = self.text_embeddings()  # read once: Pipeline takes the verified table
-
-    def _in_variant(self, name: str) -> bool:
-        """A file inside a variant's own folder (its graphs' external data): hashed with the variant."""
-        folders = {Path(f).parent.as_posix() for v in self.variants.values() for f in v.graphs.values()}
-        return Path(name).parent.as_posix() in folders - {"."}
 
     def _listed(self, name: str, what: str) -> Path:
         path = inside(self.path, name)
@@ -323,7 +321,7 @@ class Bundle:
 
     def cache_pairs(self) -> list[CachePair]:
         """The decoder's cache tensors as recorded at export: (past input, present output, dtype, shape)."""
-        return check_cache_pairs(self.path, self.graphs.get("decoder"), self.signatures["decoder"])
+        return check_cache_pairs(self.path, self.signatures["decoder"])
 
     # -- engine sets --
 

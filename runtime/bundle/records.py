@@ -83,8 +83,13 @@ def _names(value, where: str, read) -> dict:
 
 # ---- graph signatures ----
 
+def is_symbol(value) -> bool:
+    """A symbolic dim of a recorded shape ("batch", "tokens"): an identifier of at most 32 characters."""
+    return isinstance(value, str) and value.isidentifier() and len(value) <= 32
+
+
 def _dim(value, where: str):
-    if isinstance(value, str) and value.isidentifier() and len(value) <= 32:
+    if is_symbol(value):
         return value
     return _int(value, where, 0, MAX_DIM)
 

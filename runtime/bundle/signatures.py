@@ -6,7 +6,7 @@ sized from it; the runners then hold the graphs themselves to these records."""
 from __future__ import annotations
 
 from pixdeploy.runtime.bundle.layout import GRAPHS, BundleError
-from pixdeploy.runtime.bundle.records import DTYPES, CachePair, GraphSignature, RecordError
+from pixdeploy.runtime.bundle.records import DTYPES, MAX_DIMS, CachePair, GraphSignature, RecordError, is_symbol
 
 from pixdeploy.text import printable
 
@@ -38,14 +38,15 @@ def read_signatures(root, graphs: dict, cfg) -> dict[str, GraphSignature]:
 
 
 def _check_tensor(root, what: str, t, bound: int) -> None:
+    """One recorded tensor, held to the config's largest size (a `TensorSpec` alone allows dims up to 2**31), before
+    the record is parsed, so a refusal names the graph's tensor."""
     where = f"damaged bundle {root}: {what}"
     if not isinstance(t, dict) or not isinstance(t.get("dtype"), str) or t["dtype"] not in DTYPES:
         dtype = t.get("dtype") if isinstance(t, dict) else None
         raise BundleError(f"{where} has dtype {printable(repr(dtype))[:60]}, not one of {', '.join(DTYPES)}")
     shape = t.get("shape")
-    if not isinstance(shape, list) or len(shape) > 8 or not all(
-            (isinstance(d, str) and d.isidentifier() and len(d) <= 32)
-            or (isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= bound) for d in shape):
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(
+            is_symbol(d) or (isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= bound) for d in shape):
         raise BundleError(f"{where} has shape {printable(repr(shape))[:80]}, not dims of at most "
                           f"{bound} (the config's largest size) or symbols")
 
@@ -69,11 +70,10 @@ def _check_against_config(root, signatures: dict, cfg) -> None:
                               f"{tensor} (recorded {printable(repr(recorded))}, config gives {list(shape)})")
 
 
-def check_cache_pairs(root, raw_decoder: dict, decoder: GraphSignature) -> list[CachePair]:
+def check_cache_pairs(root, decoder: GraphSignature) -> list[CachePair]:
     """The decoder's cache pairs as recorded at export, each exactly the tensors it joins, together pairing the
     i-th past input with the i-th present output: a pair that feeds one layer's cache to another is refused."""
-    listed = raw_decoder.get("cache") if isinstance(raw_decoder, dict) else None
-    if not isinstance(listed, list) or not listed:
+    if not decoder.cache:
         raise BundleError(f"damaged bundle {root}: the decoder entry records no KV-cache pairs")
     pairs = list(decoder.cache)
     for pair in pairs:

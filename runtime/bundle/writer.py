@@ -79,13 +79,12 @@ def new_manifest(folder: Path, cfg, graphs: dict, provenance: Provenance,
     return manifest, {k: v["sha256"] for k, v in files.items()}
 
 
-def with_parity(folder: Path, manifest: dict, parity: ParityRecord, report: str | None = PARITY_REPORT) -> dict:
-    """``manifest`` with the fp32 variant's parity record and the exporter's ``report`` file (written in
+def with_parity(folder: Path, manifest: dict, parity: ParityRecord) -> dict:
+    """``manifest`` with the fp32 variant's parity record and the exporter's report (parity.json, written in
     ``folder``) among the checksummed files."""
     manifest = copy.deepcopy(manifest)
     manifest["variants"][DEFAULT_VARIANT]["parity"] = parity.to_dict()
-    if report is not None:
-        manifest["files"][report] = file_entries(folder, folder / report)[report]
+    manifest["files"].update(file_entries(folder, folder / PARITY_REPORT))
     return manifest
 
 

@@ -59,8 +59,7 @@ def test_fused_fp32_answers_as_pytorch_and_writes_its_buffer_in_place(head32, tm
     model, root = head32
     bundle = Bundle(root / "bundle")
     onnx.save(build(model), str(tmp_path / "fused.onnx"))
-    fused = FusedDecoderRunner.open(tmp_path / "fused.onnx", bundle.signatures["decoder"], bundle.cache_pairs(),
-                                    bundle.config)
+    fused = FusedDecoderRunner.open_in(bundle, tmp_path / "fused.onnx")
     rng = np.random.default_rng(0)
     embeds = rng.standard_normal((2, 20, bundle.config.dim)).astype(np.float32)
     got, cache = _steps(fused, bundle, embeds, 2, 12)
@@ -101,8 +100,7 @@ def test_weight_only_int8_and_int4_stay_close_and_agree(head32, tmp_path):
             assert {a.i for n in ops for a in n.attribute if a.name == "bits"} == {bits}
             assert {a.i for n in ops for a in n.attribute if a.name == "accuracy_level"} == {4}
         onnx.save(proto, str(tmp_path / f"{bits}.onnx"))
-        runner = FusedDecoderRunner.open(tmp_path / f"{bits}.onnx", bundle.signatures["decoder"], bundle.cache_pairs(),
-                                         bundle.config)
+        runner = FusedDecoderRunner.open_in(bundle, tmp_path / f"{bits}.onnx")
         results[bits] = np.concatenate(_steps(runner, bundle, embeds, 1, 8)[0])
     for bits, cos_min in ((8, 0.99), (4, 0.9)):  # int4 costs more: the parity gate decides whether it is kept
         a, b = results[bits], results[None]
@@ -115,8 +113,7 @@ def test_a_plain_graph_is_not_taken_for_a_fused_one(head32):
     _, root = head32
     bundle = Bundle(root / "bundle")
     with pytest.raises(PixdeployError, match="is not the fused decoder of this bundle's config"):
-        FusedDecoderRunner.open(bundle.graph_path("decoder"), bundle.signatures["decoder"], bundle.cache_pairs(),
-                                bundle.config)
+        FusedDecoderRunner.open_in(bundle, bundle.graph_path("decoder"))
     assert unsupported(preset("tiny")) and unsupported(bundle.config) is None
 
 
